@@ -1,0 +1,101 @@
+"""Errors raised by memring.
+
+Every error memring raises derives from :class:`MemringError`::
+
+    MemringError
+    ├── ConfigError (ValueError)          bad constructor arguments or server specs
+    ├── InvalidKey (ValueError)           key rejected before any I/O
+    ├── ValueTooLarge (ValueError)        value over the item size limit, nothing written
+    ├── SerializationError (TypeError)    value the serializer cannot encode
+    ├── NodeError                         something went wrong talking to one node
+    │   ├── NodeUnavailable (ConnectionError)   node down, unreachable or timed out
+    │   └── ServerError                   the node answered with an error
+    └── ClusterError                      no live node can take the key
+
+pymemcache and socket errors are translated into this tree at exactly one
+seam (:mod:`memring.client.transport`), always with ``raise ... from exc`` so
+the original cause stays in ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from memring.hashring.node import Node
+
+__all__ = [
+    "ClusterError",
+    "ConfigError",
+    "InvalidKey",
+    "MemringError",
+    "NodeError",
+    "NodeUnavailable",
+    "SerializationError",
+    "ServerError",
+    "ValueTooLarge",
+]
+
+
+class MemringError(Exception):
+    """Root of every error raised by memring."""
+
+
+class ConfigError(MemringError, ValueError):
+    """A constructor argument, policy value or server spec is invalid."""
+
+
+class InvalidKey(MemringError, ValueError):
+    """The key cannot be sent: empty, too long, or holds whitespace/control bytes."""
+
+    def __init__(self, message: str, *, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ValueTooLarge(MemringError, ValueError):
+    """The serialized value is over the item size limit. Nothing was written."""
+
+    def __init__(self, message: str, *, key: object = None, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.key = key
+        self.size = size
+        self.limit = limit
+
+
+class SerializationError(MemringError, TypeError):
+    """The serializer cannot encode this value (pickle is off by default)."""
+
+
+class NodeError(MemringError):
+    """An operation on one node failed. ``node`` and ``key`` say where."""
+
+    def __init__(
+        self, message: str, *, node: Node | None = None, key: object = None
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.key = key
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        parts = []
+        if self.node is not None:
+            parts.append(f"node={self.node.label}")
+        if self.key is not None:
+            parts.append(f"key={self.key!r}")
+        if self.__cause__ is not None and not isinstance(self.__cause__, MemringError):
+            parts.append(f"cause={type(self.__cause__).__name__}: {self.__cause__}")
+        return f"{text} ({', '.join(parts)})" if parts else text
+
+
+class NodeUnavailable(NodeError, ConnectionError):
+    """The node is down, refused the connection, or did not answer in time."""
+
+
+class ServerError(NodeError):
+    """The node answered with an error (``SERVER_ERROR``/``CLIENT_ERROR``)."""
+
+
+class ClusterError(MemringError):
+    """No live node can serve the key (every node of its preference list is down)."""

@@ -1,0 +1,147 @@
+"""Node identity: one frozen value used as ring member, pool key, metric label and log field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Union
+
+from memring.errors import ConfigError
+
+__all__ = ["DEFAULT_PORT", "Node", "NodeSpec", "parse_node", "parse_nodes"]
+
+DEFAULT_PORT = 11211
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """The address of one Memcached server.
+
+    ``weight`` is a relative capacity (an integer >= 1). ``name``, when given,
+    replaces the address as the node's identity on the ring, so a node can move
+    to another address without moving its keys (as in twemproxy's
+    ``host:port:weight name`` syntax).
+
+    >>> Node("10.0.0.1").label
+    '10.0.0.1:11211'
+    >>> Node("10.0.0.1").ketama_name
+    '10.0.0.1'
+    >>> Node("10.0.0.1", 11212).ketama_name
+    '10.0.0.1:11212'
+    """
+
+    host: str
+    port: int = DEFAULT_PORT
+    weight: int = 1
+    name: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"node host must be a non-empty string, got {self.host!r}")
+        if not _HOST_RE.match(self.host) and not _is_ipv6(self.host):
+            raise ConfigError(f"invalid node host {self.host!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
+            0 < self.port < 65536
+        ):
+            raise ConfigError(f"node port must be an int in 1..65535, got {self.port!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 1:
+            raise ConfigError(f"node weight must be an int >= 1, got {self.weight!r}")
+        if self.name is not None and (
+            not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name)
+        ):
+            raise ConfigError(f"node name must be a non-empty string without spaces, got {self.name!r}")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``, as pymemcache and sockets take it."""
+        return (self.host, self.port)
+
+    @property
+    def label(self) -> str:
+        """A stable human label: the name if given, else ``host:port``."""
+        if self.name is not None:
+            return self.name
+        host = f"[{self.host}]" if _is_ipv6(self.host) else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def ketama_name(self) -> str:
+        """The string libmemcached and twemproxy hash to place this node's points.
+
+        An explicit name wins; otherwise the bare host on the default port
+        and ``host:port`` on any other port.
+        """
+        if self.name is not None:
+            return self.name
+        if self.port == DEFAULT_PORT:
+            return self.host
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+NodeSpec = Union[Node, str, "tuple[str, int]", "tuple[str, int, int]"]
+
+
+def _is_ipv6(host: str) -> bool:
+    return ":" in host and all(c in "0123456789abcdefABCDEF:." for c in host)
+
+
+def parse_node(spec: NodeSpec) -> Node:
+    """Turn a server spec into a :class:`Node`.
+
+    Accepted forms: a ``Node``; ``"host"``, ``"host:port"``,
+    ``"host:port:weight"``, ``"[v6addr]:port[:weight]"``, optionally followed
+    by a space and a name (``"10.0.0.1:11211:2 cache-a"``, as twemproxy
+    writes it); a ``(host, port)`` or ``(host, port, weight)`` tuple, as
+    pymemcache's ``HashClient`` takes them.
+
+    >>> parse_node("127.0.0.1:11212:3")
+    Node(host='127.0.0.1', port=11212, weight=3, name=None)
+    """
+    if isinstance(spec, Node):
+        return spec
+    if isinstance(spec, tuple):
+        if len(spec) not in (2, 3):
+            raise ConfigError(f"server tuple must be (host, port[, weight]), got {spec!r}")
+        return Node(*spec)
+    if not isinstance(spec, str):
+        raise ConfigError(f"server spec must be a str, tuple or Node, got {type(spec).__name__}")
+    text = spec.strip()
+    name: str | None = None
+    if " " in text:
+        text, _, name = text.partition(" ")
+        name = name.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ConfigError(f"unclosed '[' in server spec {spec!r}")
+        parts = [p for p in rest.split(":")[1:]]
+    else:
+        host, *parts = text.split(":")
+    if len(parts) > 2:
+        raise ConfigError(f"server spec must be host[:port[:weight]], got {spec!r}")
+    try:
+        port = int(parts[0]) if parts else DEFAULT_PORT
+        weight = int(parts[1]) if len(parts) > 1 else 1
+    except ValueError:
+        raise ConfigError(f"port and weight must be integers in server spec {spec!r}") from None
+    return Node(host, port, weight, name)
+
+
+def parse_nodes(specs: Iterable[NodeSpec] | str) -> list[Node]:
+    """Parse several specs (a list, or one comma-separated string); reject duplicates."""
+    if isinstance(specs, str):
+        specs = [s for s in specs.split(",") if s.strip()]
+    nodes = [parse_node(s) for s in specs]
+    seen: set[str] = set()
+    for node in nodes:
+        ident = node.label
+        if ident in seen:
+            raise ConfigError(f"duplicate server {ident!r}")
+        seen.add(ident)
+    return nodes

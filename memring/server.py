@@ -1,0 +1,210 @@
+"""Local memcached processes on loopback, for the CLI's live mode, chaos runs and tests.
+
+Every process is started on 127.0.0.1 on a port chosen at run time, and is
+stopped by its own PID — never by name. :class:`LocalCluster` stops all its
+processes on exit, including on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from memring.errors import MemringError
+from memring.hashring.node import Node
+
+__all__ = ["LocalCluster", "MemcachedNotFound", "MemcachedProcess", "find_memcached", "free_port"]
+
+INSTALL_HINT = "install it with: apt-get install -y memcached"
+
+
+class MemcachedNotFound(MemringError, FileNotFoundError):
+    """No memcached binary on PATH."""
+
+
+def find_memcached(binary: str | None = None) -> str:
+    """Path of the memcached binary, or raise :class:`MemcachedNotFound` with the install hint."""
+    path = shutil.which(binary or os.environ.get("MEMRING_MEMCACHED", "memcached"))
+    if path is None:
+        raise MemcachedNotFound(f"memcached binary not found; {INSTALL_HINT}")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class MemcachedProcess:
+    """One memcached process on loopback.
+
+    ``hang()``/``resume()`` send SIGSTOP/SIGCONT: the port stays open and
+    connections are accepted by the kernel, but nothing is answered — the
+    way a wedged or swapping server looks to a client.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        memory_mb: int = 64,
+        threads: int = 2,
+        extra_args: Sequence[str] = (),
+        binary: str | None = None,
+    ) -> None:
+        self.binary = find_memcached(binary)
+        self.host = host
+        self.port = port or free_port(host)
+        self.memory_mb = memory_mb
+        self.threads = threads
+        self.extra_args = list(extra_args)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.hung = False
+
+    @property
+    def node(self) -> Node:
+        return Node(self.host, self.port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _argv(self) -> list[str]:
+        argv = [
+            self.binary, "-l", self.host, "-p", str(self.port), "-U", "0",
+            "-m", str(self.memory_mb), "-t", str(self.threads), "-c", "4096",
+        ]
+        if os.geteuid() == 0:
+            argv += ["-u", "root"]
+        return argv + self.extra_args
+
+    def start(self, timeout: float = 5.0) -> MemcachedProcess:
+        """Start the process and wait until it accepts connections."""
+        if self.running:
+            return self
+        self._proc = subprocess.Popen(
+            self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.hung = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                self._proc = None
+                raise MemringError(f"memcached on {self.host}:{self.port} exited: {err.strip()}")
+            try:
+                with socket.create_connection(self.address, timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.01)
+        self.kill()
+        raise MemringError(f"memcached on {self.host}:{self.port} did not start in {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL the process (by PID) and reap it. Idempotent."""
+        proc, self._proc = self._proc, None
+        self.hung = False
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    stop = kill
+
+    def hang(self) -> None:
+        """SIGSTOP: the server stops answering but keeps its port and data."""
+        if self._proc is not None and self.running:
+            self._proc.send_signal(signal.SIGSTOP)
+            self.hung = True
+
+    def resume(self) -> None:
+        """SIGCONT a hung server."""
+        if self._proc is not None and self.running:
+            self._proc.send_signal(signal.SIGCONT)
+            self.hung = False
+
+    def restart(self, timeout: float = 5.0) -> MemcachedProcess:
+        """Kill and start again on the same port: the server comes back empty."""
+        self.kill()
+        return self.start(timeout)
+
+    def __repr__(self) -> str:
+        state = "hung" if self.hung else ("running" if self.running else "stopped")
+        return f"<MemcachedProcess {self.host}:{self.port} pid={self.pid} {state}>"
+
+
+class LocalCluster:
+    """``n`` memcached processes on loopback, stopped by PID on exit.
+
+    >>> with LocalCluster(3) as cluster:          # doctest: +SKIP
+    ...     client = memring.Client(cluster.servers)
+    """
+
+    def __init__(self, n: int, **options: object) -> None:
+        if n < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.processes = [MemcachedProcess(**options) for _ in range(n)]  # type: ignore[arg-type]
+
+    @property
+    def servers(self) -> list[str]:
+        return [f"{p.host}:{p.port}" for p in self.processes]
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [p.node for p in self.processes]
+
+    def __getitem__(self, i: int) -> MemcachedProcess:
+        return self.processes[i]
+
+    def __len__(self) -> int:
+        return len(self.processes)
+
+    def process_for(self, node: Node) -> MemcachedProcess:
+        for p in self.processes:
+            if p.address == node.address:
+                return p
+        raise KeyError(node.label)
+
+    def start(self) -> LocalCluster:
+        try:
+            for p in self.processes:
+                p.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for p in self.processes:
+            if p.hung:
+                p.resume()
+            p.kill()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
