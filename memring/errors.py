@@ -9,7 +9,8 @@ Every error memring raises derives from :class:`MemringError`::
     ├── SerializationError (TypeError)    value the serializer cannot encode
     ├── NodeError                         something went wrong talking to one node
     │   ├── NodeUnavailable (ConnectionError)   node down, unreachable or timed out
-    │   └── ServerError                   the node answered with an error
+    │   ├── ServerError                   the node answered with an error
+    │   └── MultiKeyError                 some keys of a multi-key call failed
     └── ClusterError                      no live node can take the key
 
 pymemcache and socket errors are translated into this tree at exactly one
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "InvalidKey",
     "MemringError",
+    "MultiKeyError",
     "NodeError",
     "NodeUnavailable",
     "SerializationError",
@@ -99,3 +101,17 @@ class ServerError(NodeError):
 
 class ClusterError(MemringError):
     """No live node can serve the key (every node of its preference list is down)."""
+
+
+class MultiKeyError(NodeError):
+    """A multi-key call failed for some keys and could not fail them over.
+
+    ``results`` holds what the call did get done (for ``get_many``, the
+    values found; for ``set_many``, the keys that failed to store for other
+    reasons), and ``failed`` maps each key that failed to its error.
+    """
+
+    def __init__(self, message: str, *, results: object, failed: dict[object, Exception]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.failed = failed

@@ -52,7 +52,8 @@ class Node:
         if self.name is not None and (
             not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name)
         ):
-            raise ConfigError(f"node name must be a non-empty string without spaces, got {self.name!r}")
+            raise ConfigError(
+                f"node name must be a non-empty string without spaces, got {self.name!r}")
 
     @property
     def address(self) -> tuple[str, int]:

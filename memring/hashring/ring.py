@@ -111,7 +111,8 @@ class HashRing:
         return iter(list(self._nodes))
 
     def __repr__(self) -> str:
-        return f"HashRing({[n.label for n in self._nodes]!r}, hash={self._hash!r}, vnodes={self._vnodes})"
+        labels = [n.label for n in self._nodes]
+        return f"HashRing({labels!r}, hash={self._hash!r}, vnodes={self._vnodes})"
 
     @property
     def point_count(self) -> int:
