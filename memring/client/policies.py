@@ -1,0 +1,126 @@
+"""Small immutable, validated policy objects: Timeouts, HealthPolicy, Failover."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from memring.client import defaults
+from memring.errors import ConfigError
+
+__all__ = ["Failover", "HealthPolicy", "Timeouts"]
+
+
+def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Connect and read timeouts in seconds. Both always on.
+
+    >>> Timeouts(0.2)
+    Timeouts(connect=0.2, read=0.2)
+    >>> Timeouts(read=2.0)
+    Timeouts(connect=0.5, read=2.0)
+    """
+
+    connect: float = defaults.CONNECT_TIMEOUT
+    read: float = defaults.READ_TIMEOUT
+
+    def __init__(self, timeout: float | None = None, *, connect: float | None = None,
+                 read: float | None = None) -> None:
+        c = connect if connect is not None else timeout
+        r = read if read is not None else timeout
+        object.__setattr__(self, "connect", _positive(
+            "connect timeout", defaults.CONNECT_TIMEOUT if c is None else c))
+        object.__setattr__(self, "read", _positive(
+            "read timeout", defaults.READ_TIMEOUT if r is None else r))
+
+    def __repr__(self) -> str:
+        return f"Timeouts(connect={self.connect}, read={self.read})"
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """When a node is marked down, and how often it is probed while down.
+
+    ``failure_threshold`` consecutive failures mark a node down. Probes start
+    ``backoff_initial`` seconds later and the delay grows by
+    ``backoff_multiplier`` up to ``backoff_max``, each delay scaled by a random
+    factor in ``[1 - jitter, 1 + jitter]`` so that many clients do not probe
+    in step.
+    """
+
+    failure_threshold: int = defaults.FAILURE_THRESHOLD
+    backoff_initial: float = defaults.BACKOFF_INITIAL
+    backoff_multiplier: float = defaults.BACKOFF_MULTIPLIER
+    backoff_max: float = defaults.BACKOFF_MAX
+    jitter: float = defaults.BACKOFF_JITTER
+
+    def __post_init__(self) -> None:
+        t = self.failure_threshold
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ConfigError(f"failure_threshold must be an int >= 1, got {t!r}")
+        _positive("backoff_initial", self.backoff_initial)
+        if _positive("backoff_multiplier", self.backoff_multiplier) < 1:
+            raise ConfigError("backoff_multiplier must be >= 1")
+        if _positive("backoff_max", self.backoff_max) < self.backoff_initial:
+            raise ConfigError("backoff_max must be >= backoff_initial")
+        if not 0 <= _positive("jitter", self.jitter, allow_zero=True) < 1:
+            raise ConfigError("jitter must be in [0, 1)")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds before probe number ``attempt`` (0-based), jitter applied."""
+        base = min(self.backoff_max, self.backoff_initial * self.backoff_multiplier ** attempt)
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1 + spread))
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What a call does when its key's home node is down.
+
+    ``Failover("next")`` (default): the key goes to the next live node of its
+    preference list. Copies written there live at most ``failover_ttl``
+    seconds, and when the home node returns it is *warming* for that long:
+    the failover copy wins, so no stale value or deleted key comes back.
+
+    ``Failover("fail")``: raise :class:`~memring.NodeUnavailable`, or with
+    ``return_default=True`` behave like a miss (``get`` returns its default,
+    writes return False) — the pymemcache ``ignore_exc`` behaviour, chosen
+    explicitly.
+    """
+
+    mode: Literal["next", "fail"] = "next"
+    failover_ttl: int = defaults.FAILOVER_TTL
+    return_default: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("next", "fail"):
+            raise ConfigError(f"failover mode must be 'next' or 'fail', got {self.mode!r}")
+        ttl = self.failover_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 30 * 24 * 3600:
+            raise ConfigError(f"failover_ttl must be an int of seconds in 1..2592000, got {ttl!r}")
+        if not isinstance(self.return_default, bool):
+            raise ConfigError("return_default must be a bool")
+        if self.return_default and self.mode != "fail":
+            raise ConfigError("return_default applies to Failover('fail') only")
+
+    @classmethod
+    def coerce(cls, value: Failover | str) -> Failover:
+        if isinstance(value, Failover):
+            return value
+        if isinstance(value, str):
+            return cls(value)  # type: ignore[arg-type]
+        raise ConfigError(f"failover must be a Failover or 'next'/'fail', got {value!r}")
+
+    @property
+    def warming_seconds(self) -> float:
+        """How long a returning node is warming: no failover copy outlives it."""
+        return self.failover_ttl + defaults.WARMING_MARGIN

@@ -1,0 +1,197 @@
+"""Talking to one node: a pymemcache connection pool, and the error seam.
+
+Values cross this layer as raw ``(bytes, flags)`` items; serialization and
+memring's markers live above it. :class:`NodeTransport` is the seam the
+tests replace with fake nodes.
+
+This module is the one place where pymemcache and socket errors become
+memring errors (:func:`translate_errors`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from pymemcache.client.base import PooledClient
+from pymemcache.exceptions import (
+    MemcacheClientError,
+    MemcacheError,
+    MemcacheServerError,
+    MemcacheUnexpectedCloseError,
+)
+
+from memring.client.policies import Timeouts
+from memring.errors import NodeUnavailable, ServerError
+from memring.hashring.node import Node
+
+__all__ = ["Item", "NodeTransport", "PymemcacheTransport", "translate_errors"]
+
+#: A raw stored value: the bytes and the 32-bit flags.
+Item = tuple[bytes, int]
+
+
+class NodeTransport(Protocol):
+    """Raw operations on one node. Every method raises only memring errors."""
+
+    node: Node
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]: ...
+    def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]: ...
+    def set(self, key: bytes, item: Item, expire: int) -> bool: ...
+    def set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]: ...
+    def add(self, key: bytes, item: Item, expire: int) -> bool: ...
+    def replace(self, key: bytes, item: Item, expire: int) -> bool: ...
+    def append(self, key: bytes, data: bytes) -> bool: ...
+    def prepend(self, key: bytes, data: bytes) -> bool: ...
+    def cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None: ...
+    def delete(self, key: bytes) -> bool: ...
+    def delete_many(self, keys: Sequence[bytes]) -> None: ...
+    def incr(self, key: bytes, delta: int) -> int | None: ...
+    def decr(self, key: bytes, delta: int) -> int | None: ...
+    def touch(self, key: bytes, expire: int) -> bool: ...
+    def stats(self, *args: str) -> dict[bytes, Any]: ...
+    def version(self) -> bytes: ...
+    def flush_all(self, delay: int) -> bool: ...
+    def close(self) -> None: ...
+
+
+@contextmanager
+def translate_errors(node: Node, key: object = None) -> Iterator[None]:
+    """Map pymemcache/socket errors to memring's tree, keeping the cause."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise NodeUnavailable("timed out", node=node, key=key) from exc
+    except MemcacheUnexpectedCloseError as exc:
+        raise NodeUnavailable("connection closed by the server", node=node, key=key) from exc
+    except (MemcacheServerError, MemcacheClientError) as exc:
+        raise ServerError(f"server error: {exc}", node=node, key=key) from exc
+    except MemcacheError as exc:
+        raise ServerError(f"unexpected reply: {exc}", node=node, key=key) from exc
+    except OSError as exc:  # refused, reset, unreachable, TLS errors
+        raise NodeUnavailable(f"connection failed: {exc}", node=node, key=key) from exc
+
+
+class _RawSerde:
+    """Hands ``(bytes, flags)`` items through pymemcache untouched."""
+
+    @staticmethod
+    def serialize(key: bytes, value: Item) -> Item:
+        return value
+
+    @staticmethod
+    def deserialize(key: bytes, value: bytes, flags: int) -> Item:
+        return (value, flags)
+
+
+_RAW = _RawSerde()
+
+
+class PymemcacheTransport:
+    """One node over a thread-safe pymemcache ``PooledClient``.
+
+    A connection that errored or timed out is closed by pymemcache and
+    dropped from the pool, never reused. A pooled connection that the
+    server closed (it restarted) is retried once on a fresh connection;
+    a timeout is never retried here (the caller already waited once).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        timeouts: Timeouts,
+        max_pool_size: int | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.node = node
+        self._pool = PooledClient(
+            node.address,
+            serde=_RAW,
+            connect_timeout=timeouts.connect,
+            timeout=timeouts.read,
+            no_delay=True,
+            max_pool_size=max_pool_size,
+            default_noreply=False,
+            tls_context=tls_context,
+        )
+
+    def _call(self, key: object, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self._pool, method)
+        try:
+            with translate_errors(self.node, key):
+                return fn(*args, **kwargs)
+        except NodeUnavailable as exc:
+            cause = exc.__cause__
+            stale = isinstance(cause, (MemcacheUnexpectedCloseError, BrokenPipeError,
+                                       ConnectionResetError))
+            if not stale:
+                raise
+            # Other pooled sockets to the old process are dead too.
+            self._pool.client_pool.clear()
+            with translate_errors(self.node, key):
+                return fn(*args, **kwargs)
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
+        if len(keys) == 1:
+            k = keys[0]
+            item = self._call(k, "get", k)
+            return {} if item is None else {k: item}
+        return dict(self._call(keys, "get_many", keys))
+
+    def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]:
+        return dict(self._call(keys, "gets_many", keys))
+
+    def set(self, key: bytes, item: Item, expire: int) -> bool:
+        return bool(self._call(key, "set", key, item, expire, noreply=False))
+
+    def set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]:
+        return list(self._call(list(items), "set_many", dict(items), expire, noreply=False))
+
+    def add(self, key: bytes, item: Item, expire: int) -> bool:
+        return bool(self._call(key, "add", key, item, expire, noreply=False))
+
+    def replace(self, key: bytes, item: Item, expire: int) -> bool:
+        return bool(self._call(key, "replace", key, item, expire, noreply=False))
+
+    def append(self, key: bytes, data: bytes) -> bool:
+        return bool(self._call(key, "append", key, (data, 0), noreply=False))
+
+    def prepend(self, key: bytes, data: bytes) -> bool:
+        return bool(self._call(key, "prepend", key, (data, 0), noreply=False))
+
+    def cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None:
+        result: bool | None = self._call(key, "cas", key, item, cas, expire, noreply=False)
+        return result
+
+    def delete(self, key: bytes) -> bool:
+        return bool(self._call(key, "delete", key, noreply=False))
+
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        self._call(keys, "delete_many", keys, noreply=False)
+
+    def incr(self, key: bytes, delta: int) -> int | None:
+        result: int | None = self._call(key, "incr", key, delta, noreply=False)
+        return result
+
+    def decr(self, key: bytes, delta: int) -> int | None:
+        result: int | None = self._call(key, "decr", key, delta, noreply=False)
+        return result
+
+    def touch(self, key: bytes, expire: int) -> bool:
+        return bool(self._call(key, "touch", key, expire, noreply=False))
+
+    def stats(self, *args: str) -> dict[bytes, Any]:
+        return dict(self._call(None, "stats", *args))
+
+    def version(self) -> bytes:
+        return bytes(self._call(None, "version"))
+
+    def flush_all(self, delay: int) -> bool:
+        return bool(self._call(None, "flush_all", delay, noreply=False))
+
+    def close(self) -> None:
+        self._pool.close()
