@@ -84,7 +84,11 @@ class NodeError(MemringError):
         parts = []
         if self.node is not None:
             parts.append(f"node={self.node.label}")
-        if self.key is not None:
+        if isinstance(self.key, (list, tuple)):
+            shown = ", ".join(repr(k) for k in self.key[:3])
+            more = f", ... {len(self.key)} keys" if len(self.key) > 3 else ""
+            parts.append(f"keys=[{shown}{more}]")
+        elif self.key is not None:
             parts.append(f"key={self.key!r}")
         if self.__cause__ is not None and not isinstance(self.__cause__, MemringError):
             parts.append(f"cause={type(self.__cause__).__name__}: {self.__cause__}")
