@@ -1,0 +1,152 @@
+"""A Django cache backend on memring: ``memring.contrib.django.MemringCache``.
+
+::
+
+    CACHES = {
+        "default": {
+            "BACKEND": "memring.contrib.django.MemringCache",
+            "LOCATION": ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"],
+            "OPTIONS": {"backup": True, "failover_ttl": 30},
+        }
+    }
+    SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+
+Built on Django's own ``BaseMemcachedCache``, as Django's ``PyMemcacheCache``
+is: Django's key making, key validation and timeout handling apply unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Hashable, Iterable
+from functools import cached_property
+from typing import Any
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+from django.core.cache.backends.memcached import BaseMemcachedCache
+from pymemcache.serde import pickle_serde
+
+import memring
+from memring.client.serde import safe_serde
+from memring.errors import ConfigError, ValueTooLarge
+
+__all__ = ["MemringCache", "close_clients"]
+
+_SERDES = {"pickle": pickle_serde, "safe": safe_serde}
+
+_clients: dict[Hashable, memring.Client] = {}
+_clients_lock = threading.Lock()
+
+
+class MemringCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no type hints
+    """Django cache backend: a memring cluster client behind Django's memcached backend.
+
+    ``LOCATION`` is a list of ``"host:port[:weight]"`` strings, or one string
+    of them separated by ``;`` or ``,``. ``OPTIONS`` are
+    :class:`memring.Client` keyword arguments (``timeouts``, ``failover``,
+    ``health``, ``hash``, ``tls_context``, pymemcache's ``connect_timeout``
+    and ``timeout``, ...), plus:
+
+    ``backup``
+        True to use :class:`memring.BackupClient`: every key on two nodes,
+        so losing any one node loses no session.
+    ``serde``
+        **Defaults to pickle**, as Django's ``PyMemcacheCache`` does,
+        because Django's cache API stores arbitrary Python objects. Pickle
+        runs code when it loads: whoever can write to these memcached
+        servers can run code in every process that reads from them, so keep
+        the servers on a trusted network. When you cache only JSON-able data
+        (Django's cache session backend stores a dict of such data), pass
+        ``"serde": "safe"`` (memring's JSON serde, never pickle); ``"pickle"``
+        or any pymemcache serde object works too.
+
+    One :class:`memring.Client` is shared by all threads of a process for
+    the same ``LOCATION`` and ``OPTIONS`` (it is thread-safe, and one health
+    view per process is what its failover needs). ``close()``, which Django
+    calls at the end of every request, keeps it open, as Django's
+    ``PyLibMCCache`` does: the client's pools reconnect when they need to.
+    :func:`close_clients` closes them all (at shutdown, or in tests).
+
+    A value over memcached's item size limit raises
+    :class:`~memring.ValueTooLarge` from ``set()``, after the key's old
+    value is deleted, so a failed save of a session never leaves the
+    previous version readable.
+    """
+
+    _servers: str | list[Any]
+    _options: dict[str, Any]
+    _class: type[memring.Client]
+
+    def __init__(self, server: str | Iterable[str], params: dict[str, Any]) -> None:
+        super().__init__(server, params, library=memring, value_not_found_exception=KeyError)
+        options = dict(self._options)
+        backup = options.pop("backup", False)
+        if not isinstance(backup, bool):
+            raise ConfigError(f"OPTIONS['backup'] must be True or False, got {backup!r}")
+        self._class = memring.BackupClient if backup else memring.Client
+        serde = options.get("serde", "pickle")
+        if isinstance(serde, str):
+            if serde not in _SERDES:
+                raise ConfigError(f"OPTIONS['serde'] must be 'pickle', 'safe' or a serde "
+                                  f"object, got {serde!r}")
+            serde = _SERDES[serde]
+        self._options = {"allow_unicode_keys": True, "default_noreply": False,
+                         **options, "serde": serde}
+
+    @property
+    def client_servers(self) -> list[str]:
+        """``LOCATION`` as a list of server specs, blanks trimmed."""
+        servers = [self._servers] if isinstance(self._servers, str) else self._servers
+        out: list[Any] = []
+        for spec in servers:
+            if isinstance(spec, str):
+                out.extend(s.strip() for s in re.split("[;,]", spec) if s.strip())
+            else:
+                out.append(spec)
+        if not out:
+            raise ConfigError("LOCATION names no memcached server")
+        return out
+
+    @cached_property
+    def _cache(self) -> memring.Client:
+        servers = self.client_servers
+        key = (self._class, tuple(_hashable(s) for s in servers),
+               tuple(sorted((k, _hashable(v)) for k, v in self._options.items())))
+        client = _clients.get(key)
+        if client is None:
+            with _clients_lock:
+                client = _clients.get(key)
+                if client is None:
+                    client = self._class(servers, **self._options)
+                    _clients[key] = client
+        return client
+
+    def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+            version: int | None = None) -> None:
+        try:
+            super().set(key, value, timeout, version)
+        except ValueTooLarge:
+            # Django's contract: a failed set must not leave the old value behind.
+            self._cache.delete(self.make_and_validate_key(key, version=version))
+            raise
+
+    def close(self, **kwargs: Any) -> None:
+        """Keep the shared client open (Django calls this after every request)."""
+
+
+def close_clients() -> None:
+    """Close every client the Django backend opened in this process."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
+
+
+def _hashable(value: Any) -> Hashable:
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))  # an unhashable option object: one client per object
+    return value  # type: ignore[no-any-return]
