@@ -54,6 +54,15 @@ class Node:
         ):
             raise ConfigError(
                 f"node name must be a non-empty string without spaces, got {self.name!r}")
+        # Nodes key every per-node table on the request path: hash once.
+        object.__setattr__(self, "_hash", hash((self.host, self.port, self.weight, self.name)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __reduce__(self) -> tuple[type[Node], tuple[str, int, int, str | None]]:
+        # Rebuild (and rehash) on unpickling: str hashes differ between processes.
+        return (Node, (self.host, self.port, self.weight, self.name))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -121,7 +130,9 @@ def parse_node(spec: NodeSpec) -> Node:
         host, sep, rest = text[1:].partition("]")
         if not sep:
             raise ConfigError(f"unclosed '[' in server spec {spec!r}")
-        parts = [p for p in rest.split(":")[1:]]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"expected ':' after ']' in server spec {spec!r}")
+        parts = rest.split(":")[1:]
     else:
         host, *parts = text.split(":")
     if len(parts) > 2:
