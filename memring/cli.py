@@ -8,9 +8,18 @@ traceback.
 ``memring keyloss``
     "If k of N nodes die, what fraction of sessions is lost?" for the
     consistent-hash ring, modulo hashing and backup (two-copy) mode; see
-    :mod:`memring.keyloss`. Simulated mode (placement math only, no servers) is
-    the default and currently the only mode; ``--simulate`` says so explicitly.
-    ``--mode all`` (the default) runs ring, modulo and backup.
+    :mod:`memring.keyloss`. ``--live`` (the default when a memcached binary is
+    installed) measures on real memcached processes it starts itself, or on
+    the servers named by ``--servers`` with ``--down``; ``--simulate`` does
+    the placement math only, with no servers. ``--mode all`` (the default)
+    runs ring, modulo and backup. ``--plot FILE.png`` also draws the rows
+    (needs the ``plot`` extra).
+
+Exit status: 0 on success; 2 on invalid input (one ``error:`` line on
+stderr, never a traceback); 1 when the measurement could not run (no
+memcached binary, an unreachable server, a result that can't be trusted),
+again as one ``error:`` line; 130 when interrupted, after every process the
+command started has been stopped.
 
 Run it as ``memring ...`` or ``python -m memring ...``.
 """
@@ -18,23 +27,40 @@ Run it as ``memring ...`` or ``python -m memring ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TextIO
 
+import memring.chaos as chaos
 from memring import __version__
-from memring.errors import ConfigError
+from memring.errors import ConfigError, MemringError
 from memring.hashring.hashes import HASHES
-from memring.keyloss import DEFAULT_KEYS, FORMATS, MODES, format_rows, simulate
+from memring.keyloss import (
+    DEFAULT_KEYS,
+    FORMATS,
+    MODES,
+    KeylossRow,
+    PlotUnavailable,
+    check_plot_available,
+    format_rows,
+    measure_live,
+    plot_rows,
+    simulate,
+)
+from memring.server import INSTALL_HINT, MemcachedNotFound, find_memcached
 
 __all__ = ["main"]
 
 PROG = "memring"
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+DEFAULT_NODES = [3, 4, 5, 10]
 
 
 class _UsageError(Exception):
@@ -62,6 +88,16 @@ def _node_counts(text: str) -> list[int]:
     return counts
 
 
+def _server_list(text: str) -> list[str]:
+    """Parse ``--servers``/``--down``: comma-separated ``host:port`` addresses."""
+    servers = [p.strip() for p in text.split(",") if p.strip()]
+    if not servers:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated host:port addresses such as 10.0.0.1:11211; got {text!r}"
+        )
+    return servers
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every ``memring`` subcommand."""
     parser = _Parser(
@@ -74,31 +110,82 @@ def build_parser() -> argparse.ArgumentParser:
     keyloss = commands.add_parser(
         "keyloss",
         help="measure the share of keys lost when nodes die",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Measure the share of keys (sessions) lost when KILL of N nodes die, for the "
-            "consistent-hash ring, modulo hashing and backup mode (two copies), next to "
-            "the expected share: KILL/N for the ring, the exact remap share for modulo "
-            "((N-1)/N with one node down), 0 for backup with one node down and "
-            "2/(N(N-1)) with two."
+            "Measure the share of keys (sessions) lost when KILL of N nodes die, for the\n"
+            "consistent-hash ring, modulo hashing and backup mode (two copies), next to the\n"
+            "expected share: KILL/N for the ring, the exact remap share for modulo ((N-1)/N\n"
+            "with one node down), 0 for backup with one node down and 2/(N(N-1)) with two."
+        ),
+        epilog=(
+            "live mode (the default when memcached is installed):\n"
+            "  For each N and mode, start N memcached processes on free loopback ports, write\n"
+            "  --keys session keys through memring, SIGKILL the nodes that die (the same nodes\n"
+            "  a simulation with the same --seed picks), read every key back and count the\n"
+            "  misses. Live nodes are placed on the ring under the simulated nodes' names, so\n"
+            "  live and simulated runs place every key alike. Every process is stopped (by\n"
+            "  PID) when the command ends, also on Ctrl-C.\n"
+            "\n"
+            "your own servers (--servers with --down):\n"
+            "  N is the number of --servers and KILL the number of --down servers (1 or 2).\n"
+            "  memring never contacts a --down server (it may be running or stopped) and never\n"
+            "  stops any of yours. For each mode it starts a stand-in memcached on loopback for\n"
+            "  every --down server, under that server's ring identity, so keys are placed over\n"
+            "  all N servers as your clients place them; it writes the keys, SIGKILLs the\n"
+            "  stand-ins (the down servers' share is lost as in a crash), reads every key back\n"
+            "  from your live servers and counts the misses. Keys are prefixed with\n"
+            "  'memring-keyloss:', expire after an hour and are deleted before and after each\n"
+            "  mode. Every server not in --down must be reachable.\n"
+            "\n"
+            "examples:\n"
+            "  memring keyloss --nodes 3,4,5,10 --keys 100000\n"
+            "  memring keyloss --nodes 4 --kill 2 --mode backup --format json\n"
+            "  memring keyloss --simulate --nodes 3,4,5,10 --plot keyloss.png\n"
+            "  memring keyloss --servers 10.0.0.1:11211,10.0.0.2:11211,10.0.0.3:11211 \\\n"
+            "                  --down 10.0.0.2:11211"
         ),
     )
     where = keyloss.add_mutually_exclusive_group()
     where.add_argument(
+        "--live",
+        action="store_true",
+        help="measure on real memcached processes (the default when memcached is installed)",
+    )
+    where.add_argument(
         "--simulate",
         action="store_true",
-        help="placement math only, no servers (the default and, for now, the only mode)",
+        help="placement math only, no servers (the default when memcached is not installed)",
     )
     keyloss.add_argument(
         "--nodes",
         type=_node_counts,
-        default=[3, 4, 5, 10],
+        default=None,
         metavar="N[,N...]",
-        help="cluster sizes to measure (default: 3,4,5,10)",
+        help="cluster sizes to measure (default: 3,4,5,10); each gets fresh processes",
+    )
+    keyloss.add_argument(
+        "--servers",
+        type=_server_list,
+        default=None,
+        metavar="HOST:PORT[,...]",
+        help="measure these memcached servers instead of starting processes (needs --down)",
+    )
+    keyloss.add_argument(
+        "--down",
+        type=_server_list,
+        default=None,
+        metavar="HOST:PORT[,...]",
+        help="the 1 or 2 of --servers to treat as dead; they are never contacted",
     )
     keyloss.add_argument(
         "--keys", type=int, default=DEFAULT_KEYS, help=f"keys to place (default: {DEFAULT_KEYS})"
     )
-    keyloss.add_argument("--kill", type=int, default=1, help="nodes that die: 1 or 2 (default: 1)")
+    keyloss.add_argument(
+        "--kill",
+        type=int,
+        default=None,
+        help="nodes that die: 1 or 2 (default: 1; with --servers, the number of --down)",
+    )
     keyloss.add_argument(
         "--mode",
         choices=(*MODES, "all"),
@@ -120,38 +207,134 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="virtual nodes per node on the murmur3 ring (default: the library default)",
     )
+    keyloss.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="also draw measured vs expected loss per N, one series per mode "
+        "(needs matplotlib: pip install 'memring[plot]')",
+    )
     keyloss.set_defaults(handler=_run_keyloss, prog=keyloss.prog)
+    _add_chaos_parser(commands)
     return parser
 
 
+class _Failure(Exception):
+    """The command could not do its job (exit 1); the message is one line."""
+
+
 def _run_keyloss(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    """``memring keyloss``: simulate, then print the rows."""
+    """``memring keyloss``: measure (live or simulated), then print the rows."""
     modes = MODES if args.mode == "all" else (args.mode,)
+    live = _live_mode(args, stderr)
+    own_servers = args.servers is not None or args.down is not None
+    if args.plot is not None:
+        _check_plot_target(args.plot)
     progress = _Progress(stderr, label=args.prog) if _isatty(stderr) else None
     try:
-        rows = simulate(
-            args.nodes,
-            keys=args.keys,
-            kill=args.kill,
-            modes=modes,
-            seed=args.seed,
-            hash=args.hash,
-            vnodes=args.vnodes,
-            progress=progress,
-        )
+        if live:
+            with _quiet_failover_log():
+                rows = measure_live(
+                    args.nodes if own_servers else args.nodes or DEFAULT_NODES,
+                    keys=args.keys,
+                    kill=args.kill,
+                    modes=modes,
+                    seed=args.seed,
+                    hash=args.hash,
+                    vnodes=args.vnodes,
+                    servers=args.servers,
+                    down=args.down,
+                    progress=progress,
+                )
+        else:
+            rows = simulate(
+                args.nodes or DEFAULT_NODES,
+                keys=args.keys,
+                kill=1 if args.kill is None else args.kill,
+                modes=modes,
+                seed=args.seed,
+                hash=args.hash,
+                vnodes=args.vnodes,
+                progress=progress,
+            )
     finally:
         if progress is not None:
             progress.clear()
     stdout.write(format_rows(rows, args.format))
     stdout.flush()
+    if args.plot is not None:
+        how = "live" if live else "simulated"
+        title = (
+            f"Keys lost when {_killed(rows)} of N nodes die ({how}, {args.keys:,} keys, "
+            f"seed {args.seed})"
+        )
+        try:
+            plot_rows(rows, args.plot, title=title)
+        except (OSError, ValueError) as exc:
+            raise _Failure(f"cannot write the plot to {args.plot}: {exc}") from exc
     return EXIT_OK
+
+
+def _live_mode(args: argparse.Namespace, stderr: TextIO) -> bool:
+    """Whether to measure live: asked for, implied by --servers, or memcached is installed."""
+    if args.simulate:
+        if args.servers is not None or args.down is not None:
+            raise _UsageError(
+                f"{args.prog}: error: --servers/--down measure live servers; "
+                "they cannot be combined with --simulate"
+            )
+        return False
+    if args.live or args.servers is not None or args.down is not None:
+        return True
+    try:
+        find_memcached()
+    except MemcachedNotFound:
+        print(
+            f"{args.prog}: memcached not found, so this is a simulation "
+            f"({INSTALL_HINT}, or pass --simulate)",
+            file=stderr,
+        )
+        return False
+    return True
+
+
+def _check_plot_target(path: str) -> None:
+    """Fail before any measurement if ``--plot`` cannot be honoured."""
+    try:
+        check_plot_available()
+    except PlotUnavailable as exc:
+        raise ConfigError(f"--plot: {exc}") from exc
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(f"--plot: directory {directory!r} does not exist")
+
+
+def _killed(rows: Sequence[KeylossRow]) -> str:
+    return "/".join(str(k) for k in sorted({r.killed for r in rows}))
+
+
+@contextlib.contextmanager
+def _quiet_failover_log() -> Iterator[None]:
+    """Hide the client's warnings while a live run kills nodes on purpose.
+
+    The measurement itself fails if a node it did not kill goes down, so
+    those warnings would only repeat what it expects. Errors still show.
+    """
+    logger = logging.getLogger("memring")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``memring`` command with ``argv`` (default: ``sys.argv[1:]``).
 
     Returns the exit status: 0 on success, 2 on invalid input (after printing
-    one ``error:`` line on stderr), 130 when interrupted.
+    one ``error:`` line on stderr), 1 when the command could not do its job
+    (also one ``error:`` line), 130 when interrupted.
     """
     stdout, stderr = sys.stdout, sys.stderr
     parser = build_parser()
@@ -165,8 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
     try:
         return handler(args, stdout, stderr)
+    except _UsageError as exc:
+        print(exc, file=stderr)
+        return EXIT_USAGE
     except (ConfigError, ValueError) as exc:
-        print(f"{args.prog}: error: {exc}", file=stderr)
+        print(f"{args.prog}: error: {_one_line(exc)}", file=stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{args.prog}: interrupted", file=stderr)
@@ -178,6 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, stdout.fileno())
         os.close(devnull)
         return EXIT_OK
+    except (_Failure, MemringError, OSError) as exc:
+        print(f"{args.prog}: error: {_one_line(exc)}", file=stderr)
+        return EXIT_FAILURE
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -190,8 +383,11 @@ def _isatty(stream: TextIO) -> bool:
 class _Progress:
     """A one-line ``\\r`` progress display, drawn only once a run takes a moment.
 
-    Called as ``progress(done, total)``; redraws when the whole percentage
-    changes. :meth:`clear` erases the line so the result prints cleanly.
+    Called as ``progress(done, total)`` by a simulation (keys placed) or as
+    ``progress(done, total, phase)`` by a live run (key writes and reads, and
+    what it is doing: ``"4 nodes, ring: reading"``). Redraws when the whole
+    percentage or the phase changes. :meth:`clear` erases the line so the
+    result prints cleanly.
     """
 
     def __init__(self, stream: TextIO, *, label: str, delay: float = 0.3) -> None:
@@ -199,15 +395,18 @@ class _Progress:
         self._label = label
         self._start = time.monotonic()
         self._delay = delay
-        self._last = -1
+        self._last: tuple[int, str | None] = (-1, None)
         self._width = 0
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, phase: str | None = None) -> None:
         percent = 100 * done // total if total else 100
-        if percent == self._last or time.monotonic() - self._start < self._delay:
+        if (percent, phase) == self._last or time.monotonic() - self._start < self._delay:
             return
-        self._last = percent
-        line = f"{self._label}: {percent:3d}% ({done:,}/{total:,} keys placed)"
+        self._last = (percent, phase)
+        if phase is None:
+            line = f"{self._label}: {percent:3d}% ({done:,}/{total:,} keys placed)"
+        else:
+            line = f"{self._label}: {percent:3d}% {phase} ({done:,}/{total:,} keys written+read)"
         self._width = max(self._width, len(line))
         self._stream.write("\r" + line.ljust(self._width))
         self._stream.flush()
@@ -218,3 +417,104 @@ class _Progress:
             self._stream.write("\r" + " " * self._width + "\r")
             self._stream.flush()
             self._width = 0
+
+
+# -- memring chaos ---------------------------------------------------------------
+
+
+def _fault_list(text: str) -> tuple[str, ...]:
+    """Parse ``--faults``: comma-separated fault kinds, or ``none``."""
+    if text.strip() == "none":
+        return ()
+    faults = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    unknown = [f for f in faults if f not in chaos.FAULTS]
+    if not faults or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(chaos.FAULTS)} (or none); got {text!r}"
+        )
+    return faults
+
+
+def _hold_range(text: str) -> tuple[float, float]:
+    """Parse ``--hold``: ``MIN,MAX`` seconds (or one number for both)."""
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds such as 0.5,1.2; got {text!r}")
+    return parts[0], parts[1]
+
+
+def _add_chaos_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """Register ``memring chaos`` (see :mod:`memring.chaos`)."""
+    defaults = chaos.ChaosConfig()
+    p = commands.add_parser(
+        "chaos",
+        help="run session load while memcached nodes are killed, hung and restarted",
+        description=(
+            "Start N memcached processes on loopback, run a session-like workload from "
+            "several threads sharing one client, and inject one fault at a time (kill, "
+            "hang, restart, flap). Report ops/s, latency per phase, errors that reached "
+            "the caller, stale reads, resurrected deletes, keys lost against what the "
+            "mode promises, and time to detect and recover. Exit status: 0 when no "
+            "invariant broke, 1 when one did, 2 on invalid input."
+        ),
+    )
+    p.add_argument("--nodes", type=int, default=defaults.nodes,
+                   help=f"memcached processes to start (default: {defaults.nodes})")
+    p.add_argument("--duration", type=float, default=defaults.duration, metavar="SECONDS",
+                   help=f"how long the load runs (default: {defaults.duration:g})")
+    p.add_argument("--threads", type=int, default=defaults.threads,
+                   help=f"worker threads sharing one client (default: {defaults.threads})")
+    p.add_argument("--mode", choices=chaos.MODES, default=defaults.mode,
+                   help="next = one copy with Failover('next'); backup = BackupClient "
+                   f"(default: {defaults.mode})")
+    p.add_argument("--faults", type=_fault_list, default=defaults.faults,
+                   metavar="KIND[,KIND...]",
+                   help=f"faults to inject, from {','.join(chaos.FAULTS)}; none for a "
+                   "baseline (default: all)")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seed of the fault schedule and the workload (default: 0)")
+    p.add_argument("--format", choices=chaos.FORMATS, default="table",
+                   help="output format (default: table)")
+    p.add_argument("--keys-per-thread", type=int, default=defaults.keys_per_thread,
+                   help=f"session keys each thread owns (default: {defaults.keys_per_thread})")
+    p.add_argument("--failover-ttl", type=int, default=defaults.failover_ttl,
+                   metavar="SECONDS",
+                   help=f"the client's Failover failover_ttl (default: {defaults.failover_ttl})")
+    p.add_argument("--hold", type=_hold_range, default=defaults.hold, metavar="MIN,MAX",
+                   help="seconds a killed or hung node stays out (default: "
+                   f"{defaults.hold[0]:g},{defaults.hold[1]:g})")
+    p.add_argument("--connect-timeout", type=float, default=defaults.timeouts.connect,
+                   metavar="SECONDS",
+                   help=f"client connect timeout (default: {defaults.timeouts.connect:g})")
+    p.add_argument("--read-timeout", type=float, default=defaults.timeouts.read,
+                   metavar="SECONDS",
+                   help=f"client read timeout (default: {defaults.timeouts.read:g})")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log faults, detection and recovery on stderr as they happen")
+    p.set_defaults(handler=_run_chaos, prog=p.prog)
+
+
+def _run_chaos(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    """``memring chaos``: run the engine, print the report; 1 if an invariant broke."""
+    from memring.client import Timeouts
+
+    config = chaos.ChaosConfig(
+        nodes=args.nodes, duration=args.duration, threads=args.threads, mode=args.mode,
+        faults=args.faults, seed=args.seed, keys_per_thread=args.keys_per_thread,
+        failover_ttl=args.failover_ttl, hold=args.hold,
+        timeouts=Timeouts(connect=args.connect_timeout, read=args.read_timeout),
+    )
+
+    def log(message: str) -> None:
+        print(f"{args.prog}: {message}", file=stderr, flush=True)
+
+    with _quiet_failover_log():  # nodes fail on purpose: the report says what matters
+        report = chaos.run_chaos(config, log=log if args.verbose else None)
+    stdout.write(chaos.format_report(report, args.format))
+    stdout.flush()
+    return EXIT_OK if report.ok else EXIT_FAILURE

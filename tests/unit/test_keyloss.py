@@ -1,4 +1,5 @@
-"""Tests for memring.keyloss: the simulated key-loss measurement.
+"""Tests for memring.keyloss: the simulated key-loss measurement (and what of the
+live one needs no server: argument checks, the missing binary, plotting).
 
 Statistical checks use bounds derived from the key count, so they tell a
 correct simulation from a broken one rather than merely "something near":
@@ -35,17 +36,24 @@ from memring.hashring.hashes import ketama_key_hash, murmur3_key_hash, murmur3_p
 from memring.keyloss import (
     FIELDS,
     FORMATS,
+    MAX_LIVE_NODES,
     MODES,
+    PLOT_INSTALL_HINT,
     KeylossRow,
+    PlotUnavailable,
     backup_expected_loss,
+    check_plot_available,
     choose_killed,
     format_rows,
+    measure_live,
     modulo_expected_loss,
+    plot_rows,
     ring_expected_loss,
     session_keys,
     simulate,
     synthetic_nodes,
 )
+from memring.server import MemcachedNotFound
 
 KEYS = 50_000
 ALL = ("ring", "modulo", "backup")
@@ -390,3 +398,72 @@ def test_modes_constant() -> None:
 def test_keyloss_does_not_import_the_cli() -> None:
     code = "import sys, memring.keyloss; sys.exit('memring.cli' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- the live measurement: what needs no server ------------------------------------
+@pytest.fixture
+def no_memcached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMRING_MEMCACHED", "memring-test-no-such-memcached")
+
+
+@pytest.mark.usefixtures("no_memcached")
+@pytest.mark.parametrize(
+    ("counts", "kwargs", "needle"),
+    [
+        (None, {}, "node counts"),
+        ([1], {}, "node counts"),
+        ([MAX_LIVE_NODES + 1], {}, "one memcached per node"),
+        ([3], {"kill": 3}, "--kill"),
+        ([3, 2], {"kill": 2}, "cannot kill 2 of 2"),
+        ([3], {"keys": 0}, "--keys"),
+        ([3], {"modes": ("ring", "rendezvous")}, "mode"),
+        ([3], {"hash": "crc32"}, "hash"),
+        (None, {"servers": "127.0.0.1:1,127.0.0.1:2"}, "--down"),
+        (None, {"down": "127.0.0.1:1"}, "--servers"),
+        ([3], {"servers": "127.0.0.1:1,127.0.0.1:2", "down": "127.0.0.1:1"}, "--nodes"),
+        (None, {"servers": "127.0.0.1:1,127.0.0.1:2", "down": "127.0.0.1:3"}, "not one of"),
+        (
+            None,
+            {"servers": "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "down": "127.0.0.1:1", "kill": 2},
+            "--kill 2",
+        ),
+        (None, {"servers": "127.0.0.1:1,127.0.0.1:2", "down": "127.0.0.1:1", "keys": -1}, "--keys"),
+    ],
+)
+def test_measure_live_checks_its_arguments_before_anything_starts(
+    counts: list[int] | None, kwargs: dict[str, Any], needle: str
+) -> None:
+    # No memcached binary is needed to be told the input is wrong.
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        measure_live(counts, **kwargs)
+
+
+@pytest.mark.usefixtures("no_memcached")
+def test_measure_live_without_memcached_raises_with_the_install_hint() -> None:
+    with pytest.raises(MemcachedNotFound, match="apt-get install -y memcached"):
+        measure_live([3], keys=10)
+    with pytest.raises(MemcachedNotFound):
+        measure_live(keys=10, servers="127.0.0.1:1,127.0.0.1:2", down="127.0.0.1:2")
+
+
+def test_plot_rows_draws_every_mode(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    rows = simulate([3, 4], keys=1000, modes=ALL)
+    target = tmp_path / "loss.svg"
+    plot_rows(rows, str(target), title="key loss")
+    svg = target.read_text()
+    for label in ("ring: measured", "modulo: expected", "backup: measured", "key loss"):
+        assert label in svg
+    with pytest.raises(ConfigError, match="nothing to plot"):
+        plot_rows([], str(target))
+
+
+def test_plot_rows_without_matplotlib_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(PlotUnavailable, match=re.escape(PLOT_INSTALL_HINT)):
+        check_plot_available()
+    with pytest.raises(ImportError):  # PlotUnavailable is an ImportError too
+        plot_rows(simulate([3], keys=10), str(tmp_path / "x.png"))
