@@ -43,6 +43,44 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class _PortTaken(MemringError):
+    """Another process holds the port memcached was to listen on."""
+
+
+def _stats_pid(address: tuple[str, int]) -> int | None:
+    """The PID that the server listening on ``address`` reports in ``stats``."""
+    with socket.create_connection(address, timeout=0.5) as s:
+        s.settimeout(0.5)
+        s.sendall(b"stats\r\n")
+        reply = b""
+        while not reply.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"STAT pid "):
+            return int(line.split()[2])
+    return None
+
+
+def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (Linux ``/proc``; elsewhere, return)."""
+    task_dir = f"/proc/{pid}/task"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = []
+            for tid in os.listdir(task_dir):
+                with open(f"{task_dir}/{tid}/stat", "rb") as f:
+                    states.append(f.read().rsplit(b")", 1)[1].split()[0])
+        except OSError:  # no /proc, or the process is gone
+            return
+        if all(state in (b"T", b"t") for state in states):
+            return
+        time.sleep(0.001)
+
+
 class MemcachedProcess:
     """One memcached process on loopback.
 
@@ -64,6 +102,7 @@ class MemcachedProcess:
         self.binary = find_memcached(binary)
         self.host = host
         self.port = port or free_port(host)
+        self._pick_port = port is None  # may move to another port until first started
         self.memory_mb = memory_mb
         self.threads = threads
         self.extra_args = list(extra_args)
@@ -96,25 +135,47 @@ class MemcachedProcess:
         return argv + self.extra_args
 
     def start(self, timeout: float = 5.0) -> MemcachedProcess:
-        """Start the process and wait until it accepts connections."""
+        """Start the process and wait until it answers on its port.
+
+        "Answers" means its own ``stats`` reports its PID: a port picked free
+        a moment ago can be taken by another process meanwhile, and then our
+        memcached exits while the other one answers. A port this object
+        picked itself is then replaced by a new one (before the first start
+        only: a restart keeps its port).
+        """
         if self.running:
             return self
-        self._proc = subprocess.Popen(
+        for _ in range(5 if self._pick_port else 1):
+            try:
+                self._start_once(timeout)
+                break
+            except _PortTaken:
+                self.port = free_port(self.host)
+        else:
+            raise MemringError(f"no free port for memcached on {self.host}")
+        self._pick_port = False
+        return self
+
+    def _start_once(self, timeout: float) -> None:
+        self._proc = proc = subprocess.Popen(
             self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         self.hung = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                self._proc = None
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                self.kill()
+                if self._pick_port and "in use" in err:
+                    raise _PortTaken(err)
                 raise MemringError(f"memcached on {self.host}:{self.port} exited: {err.strip()}")
             try:
-                with socket.create_connection(self.address, timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.01)
+                if _stats_pid(self.address) == proc.pid:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
         self.kill()
         raise MemringError(f"memcached on {self.host}:{self.port} did not start in {timeout}s")
 
@@ -133,10 +194,16 @@ class MemcachedProcess:
     stop = kill
 
     def hang(self) -> None:
-        """SIGSTOP: the server stops answering but keeps its port and data."""
+        """SIGSTOP: the server stops answering but keeps its port and data.
+
+        Returns once every thread of the process is stopped: the signal is
+        asynchronous, and a busy machine can let a thread answer one more
+        request after ``kill()`` has returned.
+        """
         if self._proc is not None and self.running:
             self._proc.send_signal(signal.SIGSTOP)
             self.hung = True
+            _wait_stopped(self._proc.pid)
 
     def resume(self) -> None:
         """SIGCONT a hung server."""

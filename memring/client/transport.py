@@ -24,7 +24,7 @@ from pymemcache.exceptions import (
 )
 
 from memring.client.policies import Timeouts
-from memring.errors import NodeUnavailable, ServerError
+from memring.errors import NodeTimeout, NodeUnavailable, ServerError
 from memring.hashring.node import Node
 
 __all__ = ["Item", "NodeTransport", "PymemcacheTransport", "translate_errors"]
@@ -58,21 +58,31 @@ class NodeTransport(Protocol):
     def close(self) -> None: ...
 
 
+#: What :func:`translate_errors` translates; anything else passes through.
+_TRANSLATED = (MemcacheError, OSError)
+
+
+def _translate(exc: BaseException, node: Node, key: object) -> NodeUnavailable | ServerError:
+    """memring's error for one of :data:`_TRANSLATED` (raise it ``from exc``)."""
+    if isinstance(exc, TimeoutError):
+        return NodeTimeout("timed out", node=node, key=key)
+    if isinstance(exc, MemcacheUnexpectedCloseError):
+        return NodeUnavailable("connection closed by the server", node=node, key=key)
+    if isinstance(exc, (MemcacheServerError, MemcacheClientError)):
+        return ServerError(f"server error: {exc}", node=node, key=key)
+    if isinstance(exc, MemcacheError):
+        return ServerError(f"unexpected reply: {exc}", node=node, key=key)
+    # refused, reset, unreachable, TLS errors
+    return NodeUnavailable(f"connection failed: {exc}", node=node, key=key)
+
+
 @contextmanager
 def translate_errors(node: Node, key: object = None) -> Iterator[None]:
     """Map pymemcache/socket errors to memring's tree, keeping the cause."""
     try:
         yield
-    except TimeoutError as exc:
-        raise NodeUnavailable("timed out", node=node, key=key) from exc
-    except MemcacheUnexpectedCloseError as exc:
-        raise NodeUnavailable("connection closed by the server", node=node, key=key) from exc
-    except (MemcacheServerError, MemcacheClientError) as exc:
-        raise ServerError(f"server error: {exc}", node=node, key=key) from exc
-    except MemcacheError as exc:
-        raise ServerError(f"unexpected reply: {exc}", node=node, key=key) from exc
-    except OSError as exc:  # refused, reset, unreachable, TLS errors
-        raise NodeUnavailable(f"connection failed: {exc}", node=node, key=key) from exc
+    except _TRANSLATED as exc:
+        raise _translate(exc, node, key) from exc
 
 
 class _RawSerde:
@@ -119,21 +129,46 @@ class PymemcacheTransport:
             tls_context=tls_context,
         )
 
-    def _call(self, key: object, method: str, *args: Any, **kwargs: Any) -> Any:
-        fn = getattr(self._pool, method)
+    def _once(self, key: object, method: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+        """One call on a pooled connection, as ``PooledClient`` makes it (a
+        connection that raised is closed and dropped), with errors translated
+        as :func:`translate_errors` does, minus its per-call generator."""
+        pool = self._pool.client_pool
+        client = pool.get()
         try:
-            with translate_errors(self.node, key):
-                return fn(*args, **kwargs)
+            result = getattr(client, method)(*args, **kwargs)
+        except Exception as exc:
+            pool.destroy(client)
+            if isinstance(exc, _TRANSLATED):
+                raise _translate(exc, self.node, key) from exc
+            raise
+        pool.release(client)
+        return result
+
+    def _call(self, key: object, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._once(key, method, args, kwargs)
         except NodeUnavailable as exc:
             cause = exc.__cause__
             stale = isinstance(cause, (MemcacheUnexpectedCloseError, BrokenPipeError,
                                        ConnectionResetError))
             if not stale:
                 raise
-            # Other pooled sockets to the old process are dead too.
-            self._pool.client_pool.clear()
-            with translate_errors(self.node, key):
-                return fn(*args, **kwargs)
+            # The idle pooled sockets to the old process are dead too: retry
+            # past them, each dropped as it fails (at once: the peer is gone).
+            # Never close the pool here: that would close sockets other
+            # threads are using, and their calls would fail with
+            # AttributeError or EBADF instead of a memring error.
+            for _ in range(len(self._pool.client_pool.free)):
+                try:
+                    return self._once(key, method, args, kwargs)
+                except NodeUnavailable as again:
+                    if not isinstance(again.__cause__, (
+                            MemcacheUnexpectedCloseError, BrokenPipeError,
+                            ConnectionResetError)):
+                        raise
+            return self._once(key, method, args, kwargs)
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
         if len(keys) == 1:
