@@ -9,6 +9,7 @@ Every error memring raises derives from :class:`MemringError`::
     ├── SerializationError (TypeError)    value the serializer cannot encode
     ├── NodeError                         something went wrong talking to one node
     │   ├── NodeUnavailable (ConnectionError)   node down, unreachable or timed out
+    │   │   └── NodeTimeout (TimeoutError)      the node did not answer in time
     │   ├── ServerError                   the node answered with an error
     │   └── MultiKeyError                 some keys of a multi-key call failed
     └── ClusterError                      no live node can take the key
@@ -32,6 +33,7 @@ __all__ = [
     "MemringError",
     "MultiKeyError",
     "NodeError",
+    "NodeTimeout",
     "NodeUnavailable",
     "SerializationError",
     "ServerError",
@@ -97,6 +99,10 @@ class NodeError(MemringError):
 
 class NodeUnavailable(NodeError, ConnectionError):
     """The node is down, refused the connection, or did not answer in time."""
+
+
+class NodeTimeout(NodeUnavailable, TimeoutError):
+    """The node did not answer within the read (or connect) timeout."""
 
 
 class ServerError(NodeError):

@@ -8,7 +8,9 @@ copy home, the copy is replaced (by CAS) with a *settled* marker
 (``FLAG_SETTLED``), meaning "the home node is authoritative again".
 
 All three use flag bits 24..26, which no serde may use, and all of them
-live at most ``failover_ttl`` seconds.
+live at most ``failover_ttl`` seconds after their home node returns: while
+it is down, the client that wrote them keeps them alive (``touch``) so that
+an outage longer than ``failover_ttl`` loses none of them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from memring.client.transport import Item
 
 __all__ = [
     "FLAG_COPY", "FLAG_SETTLED", "FLAG_TOMBSTONE", "MARKER_FLAGS", "SETTLED", "TOMBSTONE",
-    "Kind", "absolute_expiry", "decode", "encode_copy", "relative_expiry",
+    "Kind", "absolute_expiry", "copy_expiry", "decode", "encode_copy", "relative_expiry",
 ]
 
 FLAG_TOMBSTONE = 1 << 24
@@ -75,6 +77,18 @@ def absolute_expiry(expire: int, now: float) -> int:
     if expire > _THIRTY_DAYS:
         return expire
     return int(now) + expire
+
+
+def copy_expiry(abs_expiry: int, now: float, cap: int) -> int:
+    """The expire argument for a failover copy: ``cap``, or -1 if its value has expired.
+
+    A copy is kept for ``cap`` seconds even when its value expires sooner:
+    read after its value's expiry it is a tombstone, so the home node's older
+    value cannot come back once the newer value has expired.
+    """
+    if abs_expiry and math.ceil(abs_expiry - now) <= 0:
+        return -1
+    return cap
 
 
 def relative_expiry(abs_expiry: int, now: float, cap: int | None = None) -> int:

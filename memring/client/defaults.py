@@ -29,6 +29,10 @@ FAILOVER_TTL = 30
 #: Extra seconds of warming beyond FAILOVER_TTL: memcached's clock ticks
 #: once a second, so an item can outlive its TTL by up to a second.
 WARMING_MARGIN = 2.0
+#: While a node is down, each client refreshes the life of the failover
+#: copies it wrote (their TTL is capped at FAILOVER_TTL) this many times per
+#: FAILOVER_TTL, so that an outage longer than FAILOVER_TTL loses none of them.
+KEEPALIVES_PER_TTL = 3
 #: Keys whose outage writes one client remembers per down node, to move
 #: them home when it returns. Past this, the overflow is counted and logged.
 MAX_HINTS_PER_NODE = 100_000

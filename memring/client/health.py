@@ -9,6 +9,8 @@ States::
 A DOWN node is never contacted on the request path. One background thread
 probes down nodes with ``version`` + ``stats`` (at most one probe per node at
 a time), with the backoff of :class:`~memring.client.policies.HealthPolicy`.
+The same thread calls ``on_down(node)`` every ``down_interval`` seconds while
+a node stays down (the client keeps its failover copies alive with it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Protocol
 
 from memring.client.policies import Failover, HealthPolicy
 from memring.client.transport import NodeTransport
-from memring.errors import MemringError, NodeUnavailable
+from memring.errors import MemringError, NodeTimeout, NodeUnavailable
 from memring.hashring.node import Node
 
 __all__ = ["Clock", "HealthMonitor", "NodeState", "NodeStatus", "SystemClock"]
@@ -70,9 +72,9 @@ class NodeStatus:
 
 class _Health:
     __slots__ = (
-        "down_at", "errors", "failovers", "failures", "last_error", "lock", "node", "ops",
-        "pid", "probe_attempt", "next_probe_at", "restarted", "state", "state_changes",
-        "timeouts", "uptime", "warm_until",
+        "down_at", "errors", "failovers", "failures", "last_error", "lock", "next_down_call_at",
+        "next_probe_at", "node", "ops", "pid", "probe_attempt", "restarted", "state",
+        "state_changes", "timeouts", "uptime", "warm_until",
     )
 
     def __init__(self, node: Node) -> None:
@@ -83,6 +85,7 @@ class _Health:
         self.last_error: str | None = None
         self.down_at = 0.0
         self.next_probe_at = 0.0
+        self.next_down_call_at = 0.0
         self.probe_attempt = 0
         self.warm_until = 0.0
         self.pid: int | None = None
@@ -102,6 +105,8 @@ class HealthMonitor:
         failover: Failover,
         clock: Clock,
         on_return: Callable[[Node, bool | None], None] | None = None,
+        on_down: Callable[[Node], None] | None = None,
+        down_interval: float | None = None,
         background: bool = True,
         rng: random.Random | None = None,
     ) -> None:
@@ -110,6 +115,8 @@ class HealthMonitor:
         self._failover = failover
         self._clock = clock
         self._on_return = on_return
+        self._on_down = on_down if down_interval is not None else None
+        self._down_interval = down_interval or 0.0
         self._rng = rng or random.Random()
         self._nodes = {node: _Health(node) for node in transports}
         self._background = background
@@ -141,7 +148,7 @@ class HealthMonitor:
     def record_failure(self, node: Node, exc: MemringError) -> bool:
         """Count a failed call; returns True if the node is (now) down."""
         h = self._nodes[node]
-        timeout = isinstance(exc, NodeUnavailable) and "timed out" in str(exc.args[0])
+        timeout = isinstance(exc, NodeTimeout)
         with h.lock:
             h.ops += 1
             h.errors += 1
@@ -156,6 +163,7 @@ class HealthMonitor:
                 h.down_at = now
                 h.probe_attempt = 0
                 h.next_probe_at = now + self._policy.delay(0, self._rng)
+                h.next_down_call_at = now  # at once: hints kept from a failed handoff
                 self._set_state(h, NodeState.DOWN, str(exc))
                 marked = True
             else:
@@ -220,7 +228,10 @@ class HealthMonitor:
         return True
 
     def probe_due(self) -> float | None:
-        """Probe every down node whose time has come; returns seconds to the next due probe."""
+        """Probe every down node whose time has come, and call ``on_down`` where it is due.
+
+        Returns seconds to the next due probe or call, or None if no node is down.
+        """
         now = self._clock.monotonic()
         next_due: float | None = None
         for node, h in self._nodes.items():
@@ -228,8 +239,17 @@ class HealthMonitor:
                 continue
             if h.next_probe_at <= now and self.probe(node):
                 continue
+            due = h.next_probe_at
+            if self._on_down is not None and h.state is NodeState.DOWN:
+                if h.next_down_call_at <= self._clock.monotonic():
+                    h.next_down_call_at = self._clock.monotonic() + self._down_interval
+                    try:
+                        self._on_down(node)
+                    except Exception:  # the prober must keep running
+                        log.exception("on_down(%s) failed", node.label)
+                due = min(due, h.next_down_call_at)
             if h.state is NodeState.DOWN:
-                wait = max(0.0, h.next_probe_at - self._clock.monotonic())
+                wait = max(0.0, due - self._clock.monotonic())
                 next_due = wait if next_due is None else min(next_due, wait)
         return next_due
 

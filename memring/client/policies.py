@@ -88,8 +88,9 @@ class Failover:
 
     ``Failover("next")`` (default): the key goes to the next live node of its
     preference list. Copies written there live at most ``failover_ttl``
-    seconds, and when the home node returns it is *warming* for that long:
-    the failover copy wins, so no stale value or deleted key comes back.
+    seconds after the home node returns (they are kept alive while it is
+    down), and when it returns it is *warming* for that long: the failover
+    copy wins, so no stale value or deleted key comes back.
 
     ``Failover("fail")``: raise :class:`~memring.NodeUnavailable`, or with
     ``return_default=True`` behave like a miss (``get`` returns its default,
@@ -124,3 +125,8 @@ class Failover:
     def warming_seconds(self) -> float:
         """How long a returning node is warming: no failover copy outlives it."""
         return self.failover_ttl + defaults.WARMING_MARGIN
+
+    @property
+    def keepalive_seconds(self) -> float:
+        """How often, while a node is down, the copies of its keys get their TTL back."""
+        return self.failover_ttl / defaults.KEEPALIVES_PER_TTL

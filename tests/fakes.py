@@ -1,0 +1,468 @@
+"""Fake memcached nodes and a fake clock, plugged in at the transport seam.
+
+* :class:`FakeClock` — ``monotonic()`` and ``time()`` that move only when a
+  test calls :meth:`FakeClock.advance`.
+* :class:`FakeMemcached` — one node's state, shared by every client of a
+  :class:`FakeCluster`, with memcached's semantics for everything the client
+  uses (CAS tokens, TTLs against the fake clock, ``NOT_STORED``/``EXISTS``/
+  ``NOT_FOUND``, ``incr`` padding, the item size limit) and four states:
+
+  - up: answers;
+  - dead: every call raises ``NodeUnavailable("connection failed: ...")``;
+  - hung (SIGSTOP): every call raises ``NodeTimeout("timed out")``, and every
+    write command is kept, as the kernel keeps it in the socket buffer, and
+    applied when the node resumes;
+  - restarted: up again, empty, with a new pid and uptime 0.
+
+* :class:`FakeCluster` — ``n`` fake nodes and the ``_transport_factory`` that
+  gives each client its own :class:`FakeTransport` to them.
+
+Like the real transport, the fakes raise memring errors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from memring import Node
+from memring.errors import NodeTimeout, NodeUnavailable, ServerError
+
+__all__ = ["FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport"]
+
+Item = tuple[bytes, int]
+
+THIRTY_DAYS = 30 * 24 * 3600
+#: memcached's default item size limit (-I 1m).
+MAX_ITEM_SIZE = 1024 * 1024
+#: Bytes of memcached's item header counted against the limit.
+ITEM_HEADER = 56
+MAX_KEY_LENGTH = 250
+VERSION = b"1.6.18"
+
+#: Commands that change data: kept while the node is hung, applied on resume.
+WRITES = frozenset({
+    "set", "set_many", "add", "replace", "append", "prepend", "cas", "delete",
+    "delete_many", "incr", "decr", "touch", "flush_all",
+})
+
+_pids = itertools.count(4000)
+
+
+class FakeClock:
+    """A clock for ``Client(_clock=...)``: both readings move only on :meth:`advance`."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._lock = threading.Lock()
+        self._mono = 1000.0
+        self._offset = start - self._mono
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def time(self) -> float:
+        return self._mono + self._offset
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        with self._lock:
+            self._mono += seconds
+
+
+@dataclass
+class _Entry:
+    data: bytes
+    flags: int
+    exptime: int  # absolute Unix second, 0 = never
+    cas: int
+    stored_at: int
+
+
+class FakeMemcached:
+    """One fake memcached node. Thread-safe; shared by all clients of a cluster."""
+
+    def __init__(self, node: Node, clock: FakeClock, *, timeout_cost: float = 0.0,
+                 max_item_size: int = MAX_ITEM_SIZE) -> None:
+        self.node = node
+        self.clock = clock
+        self.timeout_cost = timeout_cost
+        self.max_item_size = max_item_size
+        self.state = "up"
+        self._lock = threading.RLock()
+        self._items: dict[bytes, _Entry] = {}
+        self._cas_ids = itertools.count(1)
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._hooks: list[tuple[str, bytes | None, Callable[[], None]]] = []
+        self._flush_at: int | None = None
+        self.pid = next(_pids)
+        self.started = self._now() - 3600  # up for an hour when the test begins
+        self.calls: dict[str, int] = {}
+
+    # -- faults -------------------------------------------------------------
+    def kill(self) -> None:
+        """SIGKILL: refused connections; data and buffered writes are gone."""
+        with self._lock:
+            self.state = "dead"
+            self._pending.clear()
+            self._items.clear()
+
+    def hang(self) -> None:
+        """SIGSTOP: nothing answers; writes sent now are applied on :meth:`resume`."""
+        with self._lock:
+            if self.state != "up":
+                raise RuntimeError(f"cannot hang a {self.state} node")
+            self.state = "hung"
+
+    def resume(self) -> None:
+        """SIGCONT: apply the writes that arrived while hung, in order, then answer again."""
+        with self._lock:
+            if self.state != "hung":
+                raise RuntimeError(f"cannot resume a {self.state} node")
+            pending, self._pending = self._pending, []
+            for method, args in pending:
+                with contextlib.suppress(ServerError):  # its reply goes to a closed socket
+                    getattr(self, "_" + method)(*args)
+            self.state = "up"
+
+    def restart(self) -> None:
+        """Kill (if running) and start again on the same address: empty, with a new pid."""
+        with self._lock:
+            self._pending.clear()
+            self._items.clear()
+            self._flush_at = None
+            self.pid = next(_pids)
+            self.started = self._now()
+            self.state = "up"
+
+    # -- test helpers -----------------------------------------------------------
+    def before(self, method: str, fn: Callable[[], None], key: bytes | None = None) -> None:
+        """Run ``fn`` once, just before the next ``method`` call (on ``key``, if given)."""
+        with self._lock:
+            self._hooks.append((method, key, fn))
+
+    def peek(self, key: bytes) -> Item | None:
+        """The live raw item under ``key``, bypassing the node's state."""
+        with self._lock:
+            e = self._live(key)
+            return None if e is None else (e.data, e.flags)
+
+    def keys(self) -> list[bytes]:
+        with self._lock:
+            return [k for k in list(self._items) if self._live(k) is not None]
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._pending)
+
+    # -- the wire -----------------------------------------------------------
+    def call(self, method: str, key: object, *args: Any) -> Any:
+        hook = self._take_hook(method, args)
+        if hook is not None:
+            hook()
+        with self._lock:
+            self.calls[method] = self.calls.get(method, 0) + 1
+            if self.state == "dead":
+                raise NodeUnavailable("connection failed: [Errno 111] Connection refused",
+                                      node=self.node, key=key)
+            if self.state == "hung":
+                if method in WRITES:
+                    self._pending.append((method, args))
+            else:
+                return getattr(self, "_" + method)(*args)
+        # hung: the caller waits out its read timeout
+        if self.timeout_cost:
+            self.clock.advance(self.timeout_cost)
+        raise NodeTimeout("timed out", node=self.node, key=key)
+
+    def _take_hook(self, method: str, args: tuple[Any, ...]) -> Callable[[], None] | None:
+        with self._lock:
+            for i, (m, k, fn) in enumerate(self._hooks):
+                if m != method:
+                    continue
+                if k is not None:
+                    first = args[0] if args else None
+                    keys = first if isinstance(first, (list, tuple, dict)) else [first]
+                    if k not in keys:
+                        continue
+                del self._hooks[i]
+                return fn
+        return None
+
+    # -- memcached semantics ------------------------------------------------------
+    def _now(self) -> int:
+        # memcached's clock ticks in whole seconds
+        return int(self.clock.time())
+
+    def _exptime(self, expire: int) -> int:
+        """memcached's exptime argument as an absolute second (0 = never, -1 = expired)."""
+        if expire == 0:
+            return 0
+        if expire < 0:
+            return -1
+        if expire > THIRTY_DAYS:
+            return expire if expire > self.started else -1
+        return self._now() + expire
+
+    def _live(self, key: bytes) -> _Entry | None:
+        e = self._items.get(key)
+        if e is None:
+            return None
+        now = self._now()
+        expired = e.exptime != 0 and e.exptime <= now
+        flushed = self._flush_at is not None and self._flush_at <= now and (
+            e.stored_at <= self._flush_at)
+        if expired or flushed:
+            del self._items[key]
+            return None
+        return e
+
+    def _check_key(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or not key or len(key) > MAX_KEY_LENGTH or any(
+                b <= 32 or b == 127 for b in key):
+            raise ServerError(f"server error: CLIENT_ERROR bad key {key!r}", node=self.node,
+                              key=key)
+
+    def _store(self, key: bytes, item: Item, expire: int) -> None:
+        data, flags = item
+        if not isinstance(data, bytes) or not 0 <= flags < 1 << 32:
+            raise ServerError("server error: CLIENT_ERROR bad data chunk", node=self.node,
+                              key=key)
+        if len(key) + len(data) + ITEM_HEADER > self.max_item_size:
+            raise ServerError("server error: SERVER_ERROR object too large for cache",
+                              node=self.node, key=key)
+        self._items[key] = _Entry(data, flags, self._exptime(expire), next(self._cas_ids),
+                                  self._now())
+
+    def _get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
+        out = {}
+        for k in keys:
+            self._check_key(k)
+            e = self._live(k)
+            if e is not None:
+                out[k] = (e.data, e.flags)
+        return out
+
+    def _gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]:
+        out = {}
+        for k in keys:
+            self._check_key(k)
+            e = self._live(k)
+            if e is not None:
+                out[k] = ((e.data, e.flags), str(e.cas).encode())
+        return out
+
+    def _set(self, key: bytes, item: Item, expire: int) -> bool:
+        self._check_key(key)
+        try:
+            self._store(key, item, expire)
+        except ServerError:
+            self._items.pop(key, None)  # memcached unlinks the old item of a failed set
+            raise
+        return True
+
+    def _set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]:
+        for k, item in items.items():
+            self._set(k, item, expire)
+        return []
+
+    def _add(self, key: bytes, item: Item, expire: int) -> bool:
+        self._check_key(key)
+        if self._live(key) is not None:
+            return False
+        self._store(key, item, expire)
+        return True
+
+    def _replace(self, key: bytes, item: Item, expire: int) -> bool:
+        self._check_key(key)
+        if self._live(key) is None:
+            return False
+        self._store(key, item, expire)
+        return True
+
+    def _concat(self, key: bytes, data: bytes, append: bool) -> bool:
+        self._check_key(key)
+        e = self._live(key)
+        if e is None:
+            return False
+        joined = e.data + data if append else data + e.data
+        if len(key) + len(joined) + ITEM_HEADER > self.max_item_size:
+            raise ServerError("server error: SERVER_ERROR out of memory storing object",
+                              node=self.node, key=key)
+        e.data = joined
+        e.cas = next(self._cas_ids)
+        return True
+
+    def _append(self, key: bytes, data: bytes) -> bool:
+        return self._concat(key, data, True)
+
+    def _prepend(self, key: bytes, data: bytes) -> bool:
+        return self._concat(key, data, False)
+
+    def _cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None:
+        self._check_key(key)
+        e = self._live(key)
+        if e is None:
+            return None
+        if str(e.cas).encode() != cas:
+            return False
+        self._store(key, item, expire)
+        return True
+
+    def _delete(self, key: bytes) -> bool:
+        self._check_key(key)
+        if self._live(key) is None:
+            return False
+        del self._items[key]
+        return True
+
+    def _delete_many(self, keys: Sequence[bytes]) -> None:
+        for k in keys:
+            self._delete(k)
+
+    def _delta(self, key: bytes, delta: int, incr: bool) -> int | None:
+        self._check_key(key)
+        e = self._live(key)
+        if e is None:
+            return None
+        text = e.data.rstrip(b" ")
+        if not text.isdigit() or len(text) > 20 or int(text) >= 1 << 64:
+            raise ServerError("server error: CLIENT_ERROR cannot increment or decrement "
+                              "non-numeric value", node=self.node, key=key)
+        n = (int(text) + delta) % (1 << 64) if incr else max(0, int(text) - delta)
+        new = str(n).encode()
+        if len(new) < len(e.data):  # memcached rewrites in place, padding with spaces
+            new = new.ljust(len(e.data), b" ")
+        e.data = new
+        e.cas = next(self._cas_ids)
+        return n
+
+    def _incr(self, key: bytes, delta: int) -> int | None:
+        return self._delta(key, delta, True)
+
+    def _decr(self, key: bytes, delta: int) -> int | None:
+        return self._delta(key, delta, False)
+
+    def _touch(self, key: bytes, expire: int) -> bool:
+        self._check_key(key)
+        e = self._live(key)
+        if e is None:
+            return False
+        e.exptime = self._exptime(expire)
+        return True
+
+    def _stats(self, *args: str) -> dict[bytes, Any]:
+        now = self._now()
+        return {
+            b"pid": self.pid, b"uptime": now - self.started, b"time": now,
+            b"version": VERSION, b"curr_items": len(self.keys()),
+        }
+
+    def _version(self) -> bytes:
+        return VERSION
+
+    def _flush_all(self, delay: int) -> bool:
+        if delay <= 0:
+            self._items.clear()
+            self._flush_at = None
+        else:
+            self._flush_at = self._now() + delay
+        return True
+
+
+class FakeTransport:
+    """One client's connection to a :class:`FakeMemcached` (a ``NodeTransport``)."""
+
+    def __init__(self, server: FakeMemcached) -> None:
+        self.server = server
+        self.node = server.node
+        self.closed = False
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
+        return dict(self.server.call("get_many", list(keys), list(keys)))
+
+    def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]:
+        return dict(self.server.call("gets_many", list(keys), list(keys)))
+
+    def set(self, key: bytes, item: Item, expire: int) -> bool:
+        return bool(self.server.call("set", key, key, item, expire))
+
+    def set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]:
+        return list(self.server.call("set_many", list(items), dict(items), expire))
+
+    def add(self, key: bytes, item: Item, expire: int) -> bool:
+        return bool(self.server.call("add", key, key, item, expire))
+
+    def replace(self, key: bytes, item: Item, expire: int) -> bool:
+        return bool(self.server.call("replace", key, key, item, expire))
+
+    def append(self, key: bytes, data: bytes) -> bool:
+        return bool(self.server.call("append", key, key, data))
+
+    def prepend(self, key: bytes, data: bytes) -> bool:
+        return bool(self.server.call("prepend", key, key, data))
+
+    def cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None:
+        result: bool | None = self.server.call("cas", key, key, item, cas, expire)
+        return result
+
+    def delete(self, key: bytes) -> bool:
+        return bool(self.server.call("delete", key, key))
+
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        self.server.call("delete_many", list(keys), list(keys))
+
+    def incr(self, key: bytes, delta: int) -> int | None:
+        result: int | None = self.server.call("incr", key, key, delta)
+        return result
+
+    def decr(self, key: bytes, delta: int) -> int | None:
+        result: int | None = self.server.call("decr", key, key, delta)
+        return result
+
+    def touch(self, key: bytes, expire: int) -> bool:
+        return bool(self.server.call("touch", key, key, expire))
+
+    def stats(self, *args: str) -> dict[bytes, Any]:
+        return dict(self.server.call("stats", None, *args))
+
+    def version(self) -> bytes:
+        return bytes(self.server.call("version", None))
+
+    def flush_all(self, delay: int) -> bool:
+        return bool(self.server.call("flush_all", None, delay))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeCluster:
+    """``n`` fake nodes on made-up addresses; pass :meth:`transport_factory` to clients.
+
+    >>> clock = FakeClock()
+    >>> cluster = FakeCluster(4, clock)
+    >>> client = Client(cluster.servers, _transport_factory=cluster.transport_factory,
+    ...                 _clock=clock, _background=False)  # doctest: +SKIP
+    """
+
+    def __init__(self, n: int, clock: FakeClock, *, timeout_cost: float = 0.0) -> None:
+        self.clock = clock
+        self.nodes = [Node(f"10.0.0.{i + 1}", 11211) for i in range(n)]
+        self.servers = {node: FakeMemcached(node, clock, timeout_cost=timeout_cost)
+                        for node in self.nodes}
+        self.transports: list[FakeTransport] = []
+
+    def transport_factory(self, node: Node) -> FakeTransport:
+        t = FakeTransport(self.servers[node])
+        self.transports.append(t)
+        return t
+
+    def __getitem__(self, node: Node) -> FakeMemcached:
+        return self.servers[node]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
