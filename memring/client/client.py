@@ -8,7 +8,10 @@ Routing of one key, by the state of its home node (see
   *failover node*: the first node after home in its preference list that is
   not down (every client computes the same one). Writes there are *copies*
   whose life is capped at ``failover_ttl``; deletes leave *tombstones*;
-  the client remembers the key (a *hint*) to move it home later.
+  the client remembers the key (a *hint*) to move it home later. While the
+  node stays down, the client gives its copies their full life again every
+  ``failover_ttl / 3`` seconds, so none expires in a long outage (a copy
+  whose own value expired stays, and reads as a tombstone).
 * **WARMING** — the home node is back but may hold values older than the
   outage writes (it hung), or nothing (it restarted). For ``failover_ttl``
   seconds (+ a margin) reads ask the failover node first: a copy or a
@@ -167,6 +170,7 @@ class Client:
         self._health = HealthMonitor(
             self._transports, policy=self._health_policy, failover=self._failover,
             clock=self._clock, on_return=self._on_return, background=_background,
+            on_down=self._keepalive, down_interval=self._failover.keepalive_seconds,
         )
         self._hints: dict[Node, dict[bytes, None]] = defaultdict(dict)
         self._hints_lock = threading.Lock()
@@ -244,10 +248,11 @@ class Client:
     def _deserialize(self, kb: bytes, item: Item | None, default: Any) -> Any:
         if item is None:
             return default
-        kind, plain, _ = copies.decode(item, self._clock.time())
-        if kind is not Kind.VALUE:
-            return default
-        return self._serde.deserialize(self._unprefix(kb), plain[0], plain[1])
+        if item[1] & copies.MARKER_FLAGS:  # a copy or a marker (a plain value decodes as itself)
+            kind, item, _ = copies.decode(item, self._clock.time())
+            if kind is not Kind.VALUE:
+                return default
+        return self._serde.deserialize(self._unprefix(kb), item[0], item[1])
 
     def _unprefix(self, kb: bytes) -> bytes:
         return kb[len(self._prefix):] if self._prefix else kb
@@ -340,7 +345,7 @@ class Client:
 
     def _handoff(self, home: Node, keys: list[bytes]) -> None:
         """Settle every key this client wrote to a failover node while ``home`` was down."""
-        moved = 0
+        moved = failed = 0
         for kb in keys:
             if self._closed:
                 return
@@ -353,9 +358,39 @@ class Client:
                 self._settle(kb, home, self._failover_node(kb, home))
             except MemringError as exc:
                 log.warning("handoff of %r to %s failed: %s", kb, home.label, exc)
+                failed += 1
+                with self._hints_lock:  # its copy is still out there: keep the hint
+                    self._hints[home].setdefault(kb, None)
             moved += 1
-        self._counters["handoff_keys"] += moved
-        log.info("handoff to %s: %d keys settled", home.label, moved)
+        self._counters["handoff_keys"] += moved - failed
+        log.info("handoff to %s: %d keys settled, %d kept for later", home.label,
+                 moved - failed, failed)
+
+    def _keepalive(self, home: Node) -> None:
+        """While ``home`` is down, give this client's copies of its keys their full TTL again.
+
+        A copy lives ``failover_ttl`` seconds, so that none outlives the
+        warming window after its home returns; an outage may last longer.
+        Without this, its copies and tombstones would expire while the home
+        node still holds older values, and those would be read again when it
+        returns. A copy found gone (evicted, or refreshed too late) becomes a
+        tombstone: its value is lost, and so must be the older one at home.
+        """
+        if self._failover.mode != "next":
+            return
+        with self._hints_lock:
+            keys = list(self._hints.get(home, ()))
+        ttl = self._failover.failover_ttl
+        for kb in keys:
+            if self._closed or not self._health.is_down(home):
+                return
+            try:
+                f = self._failover_node(kb, home)
+                if not self._call(f, "touch", kb, ttl):
+                    self._call(f, "add", kb, copies.TOMBSTONE, ttl)
+            except MemringError as exc:
+                log.warning("keeping the copy of %r alive failed: %s", kb, exc)
+                return
 
     def _settle(self, kb: bytes, home: Node, f: Node) -> None:
         """Make ``home`` authoritative for ``kb`` again (see the module docstring).
@@ -366,6 +401,13 @@ class Client:
         """
         for _ in range(CAS_ATTEMPTS):
             got = self._call(f, "gets_many", [kb]).get(kb)
+            if got is None or got[0][1] & copies.FLAG_SETTLED:
+                return  # the common case: nothing to move
+            # Read home *before* the copy that is moved: had a writer settled
+            # and written home since the read above, home's CAS token is new
+            # and the copy read now is the settled marker.
+            at_home = self._call(home, "gets_many", [kb]).get(kb)
+            got = self._call(f, "gets_many", [kb]).get(kb)
             if got is None:
                 return
             item, f_cas = got
@@ -373,7 +415,6 @@ class Client:
             kind, plain, abs_expiry = copies.decode(item, now)
             if kind is Kind.SETTLED:
                 return
-            at_home = self._call(home, "gets_many", [kb]).get(kb)
             if kind is Kind.VALUE:
                 rel = copies.relative_expiry(abs_expiry, now)
                 if rel < 0:
@@ -413,8 +454,10 @@ class Client:
             result, new_item, new_abs = mutate(kind, plain, abs_expiry)
             if new_item is None:
                 return result
-            rel = copies.relative_expiry(new_abs, now, self._failover.failover_ttl)
+            rel = copies.copy_expiry(new_abs, now, self._failover.failover_ttl)
             stored = copies.encode_copy(new_item, new_abs)
+            if rel < 0:  # expired at once: it is a delete
+                stored, rel = copies.TOMBSTONE, self._failover.failover_ttl
             if got is None:
                 ok = self._call(f, "add", kb, stored, rel)
             else:
@@ -427,7 +470,7 @@ class Client:
     def _write_copy(self, f: Node, home: Node, kb: bytes, item: Item, expire: int) -> bool:
         now = self._clock.time()
         abs_expiry = copies.absolute_expiry(expire, now)
-        rel = copies.relative_expiry(abs_expiry, now, self._failover.failover_ttl)
+        rel = copies.copy_expiry(abs_expiry, now, self._failover.failover_ttl)
         if rel < 0:  # already expired: it is a delete
             return self._write_tombstone(f, home, kb)
         self._call(f, "set", kb, copies.encode_copy(item, abs_expiry), rel)
@@ -546,6 +589,11 @@ class Client:
             data = value
         else:
             data = self._serialize(kb, value)[0]
+        if len(data) + len(kb) + ITEM_OVERHEAD > self._max_item_size:  # before any I/O
+            raise ValueTooLarge(
+                f"{method} of {len(data)} bytes cannot fit the {self._max_item_size}-byte item "
+                f"limit (key and overhead included)", key=kb, size=len(data),
+                limit=self._max_item_size)
 
         def down(f: Node, h: Node) -> bool:
             def mutate(kind: Kind | None, cur: Item, a: int) -> tuple[Any, Item | None, int]:
@@ -583,9 +631,11 @@ class Client:
         def down(f: Node, h: Node) -> bool | None:
             now = self._clock.time()
             abs_expiry = copies.absolute_expiry(expire, now)
-            rel = copies.relative_expiry(abs_expiry, now, self._failover.failover_ttl)
-            ok: bool | None = self._call(f, "cas", kb, copies.encode_copy(item, abs_expiry),
-                                         token, rel)
+            rel = copies.copy_expiry(abs_expiry, now, self._failover.failover_ttl)
+            stored = copies.encode_copy(item, abs_expiry)
+            if rel < 0:  # expired at once: it is a delete
+                stored, rel = copies.TOMBSTONE, self._failover.failover_ttl
+            ok: bool | None = self._call(f, "cas", kb, stored, token, rel)
             if ok:
                 self._hint(h, kb)
             return ok
@@ -673,6 +723,8 @@ class Client:
                 return self._call(node, method, *args)
             except MemringError as exc:
                 return exc
+        if not calls:  # e.g. every key's home is down or warming
+            return []
         if len(calls) == 1:
             return [one(calls[0])]
         pool = self._pool()
@@ -685,9 +737,13 @@ class Client:
         groups: dict[Node, list[bytes]] = defaultdict(list)
         other: list[bytes] = []
         node_for, state = self._ring.node_for, self._health.state
+        up: dict[Node, bool] = {}  # each home's state, read once per call
         for kb in kbs:
             home = node_for(kb)
-            if state(home) is NodeState.UP:
+            is_up = up.get(home)
+            if is_up is None:
+                is_up = up[home] = state(home) is NodeState.UP
+            if is_up:
                 groups[home].append(kb)
             else:
                 other.append(kb)
