@@ -141,6 +141,15 @@ class Client:
         self._health_policy = health or HealthPolicy()
         if not isinstance(self._health_policy, HealthPolicy):
             raise ConfigError("health must be a HealthPolicy")
+        slowest_probe = self._health_policy.backoff_max * (1 + self._health_policy.jitter)
+        if self._failover.mode == "next" and slowest_probe >= self._failover.warming_seconds:
+            # Clients learn of a return at their own next probe; one that
+            # still routes to the failover node after another client's
+            # warming window has ended could read an old value at home.
+            raise ConfigError(
+                f"HealthPolicy.backoff_max (with jitter, {slowest_probe:g}s) must be shorter "
+                f"than the warming window, failover_ttl + margin "
+                f"({self._failover.warming_seconds:g}s)")
         self._serde: Serde = serde or safe_serde
         if isinstance(key_prefix, str):
             key_prefix = key_prefix.encode("utf-8")
@@ -427,8 +436,10 @@ class Client:
             elif at_home is None or at_home[0][1] & copies.FLAG_TOMBSTONE:
                 ok = True
             else:
+                # A conditional delete: memcached has no "delete if unchanged",
+                # so swap in a tombstone that vanishes within seconds.
                 ok = self._call(home, "cas", kb, copies.TOMBSTONE, at_home[1],
-                                self._failover.failover_ttl)
+                                copies.HOME_TOMBSTONE_TTL)
             if not ok:
                 continue
             if self._call(f, "cas", kb, copies.SETTLED, f_cas,
@@ -463,7 +474,7 @@ class Client:
             else:
                 ok = self._call(f, "cas", kb, stored, got[1], rel)
             if ok:
-                self._hint(home, kb)
+                self._copied(home, f, kb)
                 return result
         raise ServerError(f"too much contention on {kb!r} during failover", node=f, key=kb)
 
@@ -474,13 +485,24 @@ class Client:
         if rel < 0:  # already expired: it is a delete
             return self._write_tombstone(f, home, kb)
         self._call(f, "set", kb, copies.encode_copy(item, abs_expiry), rel)
-        self._hint(home, kb)
+        self._copied(home, f, kb)
         return True
 
     def _write_tombstone(self, f: Node, home: Node, kb: bytes) -> bool:
         self._call(f, "set", kb, copies.TOMBSTONE, self._failover.failover_ttl)
-        self._hint(home, kb)
+        self._copied(home, f, kb)
         return True
+
+    def _copied(self, home: Node, f: Node, kb: bytes) -> None:
+        """Record that ``kb`` has a copy on ``f``; settle it now if ``home`` just returned.
+
+        The hint is taken after the copy is written, and the state read after
+        the hint: either the handoff takes this hint (and finds the copy), or
+        home was back before the hint was recorded and this call settles it.
+        """
+        self._hint(home, kb)
+        if self._health.state(home) is not NodeState.DOWN:
+            self._settle(kb, home, f)
 
     # -- reads shared by get / get_many -----------------------------------
     def _read_warming(self, kb: bytes, home: Node, f: Node) -> Item | None:
@@ -563,8 +585,16 @@ class Client:
             return bool(self._rmw(f, h, kb, lambda kind, cur, a: (
                 (False, None, 0) if kind is Kind.VALUE else (True, item, new_abs))))
 
-        return bool(self._store(kb, noreply, lambda h: self._call(h, "add", kb, item, expire),
-                                down))
+        def up(h: Node) -> bool:
+            if self._call(h, "add", kb, item, expire):
+                return True
+            # The key may hold a tombstone left by settling a delete: it is missing.
+            got = self._call(h, "gets_many", [kb]).get(kb)
+            if got is not None and got[0][1] & copies.FLAG_TOMBSTONE:
+                return bool(self._call(h, "cas", kb, item, got[1], expire))
+            return False
+
+        return bool(self._store(kb, noreply, up, down))
 
     def replace(self, key: str | bytes, value: Any, expire: int = 0,
                 noreply: bool | None = None, flags: int | None = None) -> bool:
@@ -637,7 +667,7 @@ class Client:
                 stored, rel = copies.TOMBSTONE, self._failover.failover_ttl
             ok: bool | None = self._call(f, "cas", kb, stored, token, rel)
             if ok:
-                self._hint(h, kb)
+                self._copied(h, f, kb)
             return ok
 
         def warm(h: Node, f: Node) -> bool | None:
@@ -787,7 +817,37 @@ class Client:
                 value = self._deserialize(kb, item, _MISSING)
                 if value is not _MISSING:
                     out[by_kb[kb]] = value
-        for kb in other:
+        if other:
+            self._get_failed_over(other, by_kb, out, failed)
+        result: dict[Any, Any] = self._finish_many("get_many", out, failed, by_kb)
+        return result
+
+    def _get_failed_over(self, kbs: list[bytes], by_kb: Mapping[bytes, Any],
+                         out: dict[Any, Any], failed: dict[bytes, Exception]) -> None:
+        """Read keys whose home is not up: one batch per failover node for down homes."""
+        batches: dict[Node, list[bytes]] = defaultdict(list)
+        slow: list[bytes] = []
+        for kb in kbs:
+            home = self._ring.node_for(kb)
+            if self._failover.mode == "next" and self._health.is_down(home):
+                try:
+                    batches[self._failover_node(kb, home)].append(kb)
+                except ClusterError as exc:
+                    failed[kb] = exc
+                    continue
+                self._health.record_failover(home)
+            else:  # warming (two reads each) or Failover("fail"): one key at a time
+                slow.append(kb)
+        calls = [(node, "get_many", (batch,)) for node, batch in batches.items()]
+        for (_, _, (batch,)), got in zip(calls, self._fan_out(calls), strict=True):
+            if isinstance(got, MemringError):
+                slow.extend(batch)  # the failover node failed too: let get() walk on
+                continue
+            for kb in batch:
+                value = self._deserialize(kb, got.get(kb), _MISSING)
+                if value is not _MISSING:
+                    out[by_kb[kb]] = value
+        for kb in slow:
             try:
                 value = self.get(by_kb[kb], _MISSING)
             except MemringError as exc:
@@ -795,8 +855,6 @@ class Client:
                 continue
             if value is not _MISSING:
                 out[by_kb[kb]] = value
-        result: dict[Any, Any] = self._finish_many("get_many", out, failed, by_kb)
-        return result
 
     get_multi = get_many
 

@@ -22,7 +22,8 @@ import struct
 from memring.client.transport import Item
 
 __all__ = [
-    "FLAG_COPY", "FLAG_SETTLED", "FLAG_TOMBSTONE", "MARKER_FLAGS", "SETTLED", "TOMBSTONE",
+    "FLAG_COPY", "FLAG_SETTLED", "FLAG_TOMBSTONE", "HOME_TOMBSTONE_TTL", "MARKER_FLAGS", "SETTLED",
+    "TOMBSTONE",
     "Kind", "absolute_expiry", "copy_expiry", "decode", "encode_copy", "relative_expiry",
 ]
 
@@ -32,6 +33,10 @@ FLAG_COPY = 1 << 26
 MARKER_FLAGS = FLAG_TOMBSTONE | FLAG_SETTLED | FLAG_COPY
 
 TOMBSTONE: Item = (b"", FLAG_TOMBSTONE)
+#: Life of a tombstone that settling puts on a home node in place of a value
+#: deleted during the outage. It only has to hide that value: once it is
+#: gone, the key is simply missing, which is what a delete leaves.
+HOME_TOMBSTONE_TTL = 2
 SETTLED: Item = (b"", FLAG_SETTLED)
 
 _EXPIRY = struct.Struct(">q")

@@ -106,8 +106,9 @@ class Failover:
         if self.mode not in ("next", "fail"):
             raise ConfigError(f"failover mode must be 'next' or 'fail', got {self.mode!r}")
         ttl = self.failover_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 30 * 24 * 3600:
-            raise ConfigError(f"failover_ttl must be an int of seconds in 1..2592000, got {ttl!r}")
+        # memcached's clock ticks once a second: a 1-second TTL can end at once.
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 2 <= ttl <= 30 * 24 * 3600:
+            raise ConfigError(f"failover_ttl must be an int of seconds in 2..2592000, got {ttl!r}")
         if not isinstance(self.return_default, bool):
             raise ConfigError("return_default must be a bool")
         if self.return_default and self.mode != "fail":

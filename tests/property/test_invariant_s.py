@@ -526,3 +526,52 @@ def test_concurrent_settle_keeps_the_newer_write() -> None:
     for seconds in (0, FAILOVER_TTL + 3):
         tick(clock, clients, seconds)
         assert [c.get(key) for c in clients] == ["newer", "newer"]
+
+
+@pytest.mark.parametrize("op", ["set", "delete"])
+def test_node_returning_during_an_outage_write_still_gets_it_settled(op: str) -> None:
+    """A write decided "home is down" just before the home returned: its copy still moves home.
+
+    The probe runs between the routing decision and the copy's write, so
+    the handoff has already run (with nothing to do) when the copy lands.
+    """
+    clock, cluster, clients = _setup()
+    a, _ = clients
+    home = _NODES[0]
+    key = keys_on(home, 1)[0]
+    a.set(key, "old")
+    cluster[home].hang()
+    a.get(key)  # times out: home is down for a
+    cluster[home].resume()
+    f = a.ring.nodes_for(key, 2)[1]
+    cluster[f].before("set", lambda: a._health.probe(home), key=key.encode())
+    if op == "set":
+        a.set(key, "new")
+    else:
+        a.delete(key)
+    assert a.health()[home.label].state is NodeState.WARMING
+    expected = "new" if op == "set" else None
+    for seconds in (0, FAILOVER_TTL + 3):  # during the window, and after it
+        tick(clock, clients, seconds)
+        assert a.get(key) == expected
+
+
+def test_add_over_a_settled_delete_succeeds() -> None:
+    """A key deleted during an outage is missing after settling: add() stores it."""
+    clock, cluster, clients = _setup()
+    a, _ = clients
+    home = _NODES[3]
+    key = keys_on(home, 1)[0]
+    a.set(key, "old")
+    cluster[home].hang()
+    a.get(key)  # times out (a read: nothing buffered); home is down for a
+    a.delete(key)  # a tombstone on the failover node; home still holds "old"
+    cluster[home].resume()
+    while a.health()[home.label].state is not NodeState.WARMING:
+        tick(clock, clients, TICK)  # on return, handoff swaps home's "old" for a tombstone
+    assert cluster[home].peek(key.encode()) is not None
+    assert a.get(key) is None
+    assert a.add(key, "added") is True
+    assert a.get(key) == "added"
+    tick(clock, clients, FAILOVER_TTL + 3)
+    assert a.get(key) == "added"
