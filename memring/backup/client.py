@@ -1,8 +1,9 @@
 """Dual-write backup mode: every key on two nodes, so losing any one loses nothing.
 
 The two *owners* of a key are the first two nodes of its preference list that
-are not down. With every node up they are the key's primary and backup; when
-one of them is down, the next node on the ring stands in.
+are not down. With every node up they are the key's *home pair*, primary and
+backup; when one of them is down, the next node on the ring, the key's
+*stand-in*, takes its place.
 
 Stored format: every value carries its absolute expiry (the same 8-byte
 trailer as failover copies, see :mod:`memring.client.copies`), so a repair or
@@ -11,18 +12,41 @@ first. Deletes write *tombstones* on both owners (they live
 ``failover_ttl`` seconds), so a concurrent read-repair can never bring a
 deleted key back.
 
+A write goes to both owners at once. If one of them turns out to be down,
+the write goes on to the next live node, so that it still ends on two nodes,
+and the key is remembered (a *hint*) for the node that is down. Copies on a
+stand-in live at most ``failover_ttl`` seconds.
+
 Reads go to the primary; on a miss they read the backup and repair the
-primary with ``add`` (which can't overwrite a newer write). A node that
-returns after an outage is *warming*: reads skip it and go to the other
-owner, which saw every write of the outage, and its keys are settled (CAS)
-from that owner — so a node that hung never wins with old data (Invariant S).
+primary with ``add`` (which can't overwrite a newer write). A stand-in is
+never read as a second copy: a live home node that misses the key is right.
+
+A node that returns after an outage is *warming* for ``failover_ttl`` (+ a
+margin): reads ask the other owner first, which saw every write of the
+outage, and each client *settles* the keys it hinted (CAS from the other
+owner) — so a node that hung never wins with old data (Invariant S). While
+a home node is warming:
+
+* a write also removes the stand-in's copy of the key, so that if the other
+  home node fails next, the stand-in never serves a value older than the
+  warming node's. Then (stand-in first, warming node second) the stand-in's
+  copy or tombstone wins, and if it has none the warming node answers;
+* if both home nodes are warming, reads ask the stand-in first, for the
+  same reason;
+* a read that finds the key on the other copy also adds it to the warming
+  node (a *refill*; ``add`` never overwrites anything), so that a node that
+  restarted empty gets back the keys it was the backup of (read-repair
+  alone only fixes primaries). Keys not read in that window keep one copy
+  until they are written again. memcached's ``uptime`` starts at about 2 s,
+  so a quick restart can't always be told from a hang: every warming node
+  is refilled.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, TypeVar
 
 from memring.client import copies
 from memring.client.client import CAS_ATTEMPTS, Client, _cas_token, _check_expire
@@ -41,8 +65,11 @@ from memring.hashring import Node
 
 __all__ = ["BackupClient"]
 
+T = TypeVar("T")
 _MISSING = object()
+_CONFLICT = object()  # a CAS lost a race: read again and retry
 Mutation = Callable[["Kind | None", Item, int], "tuple[Any, Item | None, int]"]
+Call = tuple[Node, str, tuple[Any, ...]]
 
 
 class BackupClient(Client):
@@ -55,12 +82,16 @@ class BackupClient(Client):
     Costs: twice the memory and twice the write traffic of the single-copy
     client; writes go to both owners concurrently, so their latency is that
     of the slower of two nodes. Reads cost one round trip (two on a miss).
+    While a node is warming, writes of its keys cost a third (concurrent)
+    call, which removes the stand-in's copy.
 
     Semantics across the two copies:
 
-    * ``set``/``set_many``: stored on both owners; acknowledged when both
-      stored it, or one did and the other is known down (a *degraded* write,
-      counted in ``metrics()["degraded_writes"]``).
+    * ``set``/``set_many``: stored on both owners. A write that finds an
+      owner down (a *degraded* write, counted in
+      ``metrics()["degraded_writes"]``) is stored on the next live node
+      instead; it is acknowledged once two live nodes have it, or one has it
+      and no other live node is left.
     * ``delete``: tombstones on both owners.
     * ``add``, ``replace``, ``append``, ``prepend``, ``incr``, ``decr``,
       ``touch``, ``cas``: decided on the primary alone, atomically (CAS), then
@@ -76,6 +107,10 @@ class BackupClient(Client):
             raise ConfigError("BackupClient needs Failover('next'); it always fails over")
         if len(self._ring) < 2:
             raise ConfigError("BackupClient needs at least two servers")
+        #: Nodes known to have come back empty (their uptime or pid said so).
+        self._restarted: set[Node] = set()
+        #: Returned nodes whose hinted keys this client is still settling.
+        self._settling: set[Node] = set()
 
     # -- placement -------------------------------------------------------
     def owners(self, key: str | bytes) -> list[Node]:
@@ -98,60 +133,110 @@ class BackupClient(Client):
             return [owners[1], owners[0]]
         return owners
 
+    def _read_plan(self, kb: bytes, owners: list[Node]) -> list[Node]:
+        """The nodes a read of ``kb`` asks, in order (see the module docstring)."""
+        order = self._read_order(owners)
+        state = self._health.state
+        if len(order) == 2 and state(order[0]) is NodeState.WARMING:
+            # Both warming: the stand-in has every write made while either was down.
+            stand_in = self._stand_in(kb)
+            if stand_in is not None and stand_in not in order and (
+                    state(stand_in) is NodeState.UP) and order == self._home_pair(kb):
+                return [stand_in, *order]
+        return order
+
     def _home_pair(self, kb: bytes) -> list[Node]:
         return self._ring.nodes_for(kb, 2)
 
-    # -- writes ----------------------------------------------------------
-    def _write_calls(self, kb: bytes, owners: list[Node], item: Item,
-                     abs_expiry: int) -> list[tuple[Node, str, tuple[Any, ...]]]:
-        """One ``set`` per owner; a stand-in gets a capped copy and a hint."""
-        now = self._clock.time()
+    def _stand_in(self, kb: bytes) -> Node | None:
+        """The node that takes ``kb`` while one of its home pair is down."""
+        for node in self._ring.nodes_for(kb, len(self._ring))[2:]:
+            if not self._health.is_down(node):
+                return node
+        return None
+
+    def _to_clear(self, kb: bytes, owners: list[Node]) -> Node | None:
+        """The stand-in whose copy of ``kb`` a write must remove, if any.
+
+        While a home node is warming, the stand-in may still hold a copy
+        written during its outage; a write to the home pair supersedes it.
+        """
         home = self._home_pair(kb)
-        calls = []
-        for node in owners:
-            cap = None if node in home else self._failover.failover_ttl
-            if item is copies.TOMBSTONE:
-                stored, rel = item, self._failover.failover_ttl
-            else:
-                stored = copies.encode_copy(item, abs_expiry)
-                rel = copies.relative_expiry(abs_expiry, now, cap)
-                if rel < 0:
-                    stored, rel = copies.TOMBSTONE, self._failover.failover_ttl
-            calls.append((node, "set", (kb, stored, rel)))
-        for node in home:
+        state = self._health.state
+        if not any(state(n) is NodeState.WARMING for n in home):
+            return None
+        if any(n not in home for n in owners):
+            return None  # the stand-in is an owner: the write itself goes there
+        return self._stand_in(kb)
+
+    def _hint_down_homes(self, kb: bytes) -> None:
+        for node in self._home_pair(kb):
             if self._health.is_down(node):
                 self._hint(node, kb)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` again while it fails only because a node went down."""
+        for _ in range(len(self._ring) + 1):
+            try:
+                return attempt()
+            except NodeUnavailable as exc:
+                if exc.node is None or not self._health.is_down(exc.node):
+                    raise
+        raise ClusterError("nodes keep failing")
+
+    # -- writes ----------------------------------------------------------
+    def _write_calls(self, kb: bytes, nodes: Iterable[Node], item: Item,
+                     abs_expiry: int) -> list[Call]:
+        """One ``set`` per node; a stand-in gets a copy capped at ``failover_ttl``."""
+        now = self._clock.time()
+        home = self._home_pair(kb)
+        ttl = self._failover.failover_ttl
+        calls: list[Call] = []
+        for node in nodes:
+            if item is copies.TOMBSTONE:
+                stored, rel = item, ttl
+            else:
+                stored = copies.encode_copy(item, abs_expiry)
+                rel = copies.relative_expiry(abs_expiry, now, None if node in home else ttl)
+                if rel < 0:
+                    stored, rel = copies.TOMBSTONE, ttl
+            calls.append((node, "set", (kb, stored, rel)))
         return calls
 
-    def _acknowledged(self, kb: bytes, calls: list[tuple[Node, str, tuple[Any, ...]]],
-                      results: list[Any]) -> bool:
-        """Apply the ack rule to one key's writes; raise if it is not acknowledged."""
-        stored = [r is True for r in results]
-        if all(stored):
-            return True
-        errors = [r for r in results if isinstance(r, MemringError)]
-        unreachable_down = all(
-            isinstance(r, NodeUnavailable) and self._health.is_down(node)
-            for (node, _, _), r in zip(calls, results, strict=True) if r is not True)
-        if any(stored) and unreachable_down:
-            self._counters["degraded_writes"] += 1
-            return True
-        if errors:
-            raise errors[0]
-        return False  # the server refused to store (NOT_STORED)
+    def _replicate(self, kb: bytes, item: Item, abs_expiry: int,
+                   done: Collection[Node] = (), degraded: bool = False) -> bool:
+        """Store ``item`` on every owner of ``kb`` not in ``done``; False if a node refused.
 
-    def _replicate(self, kb: bytes, item: Item, abs_expiry: int) -> bool:
-        for _ in range(len(self._ring)):
+        An owner that turns out to be down is replaced by the next live node.
+        """
+        stored = set(done)
+        for _ in range(len(self._ring) + 1):
             owners = self._owners(kb)
-            calls = self._write_calls(kb, owners, item, abs_expiry)
-            results = self._fan_out(calls)
-            try:
-                return self._acknowledged(kb, calls, results)
-            except NodeUnavailable:
-                if not all(self._health.is_down(n) for (n, _, _), r in
-                           zip(calls, results, strict=True) if isinstance(r, NodeUnavailable)):
-                    raise
-        raise ClusterError(f"could not store {kb!r}: nodes keep failing")
+            todo = [n for n in owners if n not in stored]
+            if not todo:
+                break
+            calls = self._write_calls(kb, todo, item, abs_expiry)
+            clear = self._to_clear(kb, owners)
+            extra: list[Call] = [] if clear is None else [(clear, "delete", (kb,))]
+            results = self._fan_out(calls + extra)
+            error: MemringError | None = None
+            for (node, _, _), r in zip(calls, results, strict=False):
+                if r is True:
+                    stored.add(node)
+                elif r is False:
+                    return False  # the server refused to store (NOT_STORED)
+                elif isinstance(r, NodeUnavailable) and self._health.is_down(node):
+                    degraded = True
+                elif isinstance(r, MemringError):
+                    error = error or r
+            if error is not None:
+                raise error
+        else:
+            raise ClusterError(f"could not store {kb!r}: nodes keep failing")
+        if degraded:
+            self._counters["degraded_writes"] += 1
+        self._hint_down_homes(kb)
+        return True
 
     def _set_item(self, kb: bytes, item: Item, expire: int, noreply: bool | None) -> bool:
         ok = self._replicate(kb, item, copies.absolute_expiry(expire, self._clock.time()))
@@ -166,25 +251,29 @@ class BackupClient(Client):
     # -- reads -----------------------------------------------------------
     def _read(self, kb: bytes, repair: bool = True) -> Item | None:
         """The key's plain item, from the primary, else the backup (repairing the primary)."""
-        for _ in range(len(self._ring)):
-            order = self._read_order(self._owners(kb))
-            try:
-                return self._read_from(kb, order, repair)
-            except NodeUnavailable as exc:
-                if exc.node is None or not self._health.is_down(exc.node):
-                    raise
-        raise ClusterError(f"could not read {kb!r}: nodes keep failing")
+        return self._retrying(
+            lambda: self._read_from(kb, self._read_plan(kb, self._owners(kb)), repair))
 
     def _read_from(self, kb: bytes, order: list[Node], repair: bool) -> Item | None:
         now = self._clock.time()
+        home = self._home_pair(kb)
         first = order[0]
         got = self._call(first, "get_many", [kb]).get(kb)
         if got is not None:
-            kind, plain, _ = copies.decode(got, now)
-            return plain if kind is Kind.VALUE else None
-        if len(order) < 2 or self._health.state(order[1]) is NodeState.WARMING:
-            return None  # a warming node's data can't be trusted on its own
-        second = order[1]
+            kind, plain, abs_expiry = copies.decode(got, now)
+            if kind is Kind.VALUE:
+                if repair:
+                    for node in order[1:]:
+                        self._refill_one(kb, node, plain, abs_expiry)
+                return plain
+            if kind is Kind.TOMBSTONE:
+                return None
+        # ``first`` is a home node that lost the key (restarted, evicted), or a
+        # stand-in with no copy of it. A stand-in never has what a live home
+        # node lacks: only a home node that can be believed on its own is asked.
+        second = next((n for n in order[1:] if n in home and self._trusted(n)), None)
+        if second is None:
+            return None
         got = self._call(second, "get_many", [kb]).get(kb)
         if got is None:
             return None
@@ -192,8 +281,7 @@ class BackupClient(Client):
         if kind is not Kind.VALUE:
             return None
         if repair and self._health.state(first) is NodeState.UP:
-            rel = copies.relative_expiry(abs_expiry, now,
-                                         None if first in self._home_pair(kb) else
+            rel = copies.relative_expiry(abs_expiry, now, None if first in home else
                                          self._failover.failover_ttl)
             if rel >= 0:
                 try:  # add: never overwrites a newer write that got there first
@@ -202,6 +290,53 @@ class BackupClient(Client):
                 except MemringError:
                     pass  # the read itself succeeded; the repair is best effort
         return plain
+
+    def _refill_call(self, kb: bytes, node: Node, plain: Item, abs_expiry: int) -> Call | None:
+        """The ``add`` that gives a warming home node its copy back, if due."""
+        if self._health.state(node) is not NodeState.WARMING or node not in self._home_pair(kb):
+            return None
+        rel = copies.relative_expiry(abs_expiry, self._clock.time())
+        if rel < 0:
+            return None
+        return (node, "add", (kb, copies.encode_copy(plain, abs_expiry), rel))
+
+    def _refill_one(self, kb: bytes, node: Node, plain: Item, abs_expiry: int) -> None:
+        call = self._refill_call(kb, node, plain, abs_expiry)
+        if call is None:
+            return
+        try:  # add: a newer write (or a delete's tombstone) there wins
+            if self._call(call[0], call[1], *call[2]):
+                self._counters["refills"] += 1
+        except MemringError:
+            pass  # the read itself succeeded; the refill is best effort
+
+    def _trusted(self, node: Node) -> bool:
+        """May a read believe ``node`` on its own?
+
+        A warming node that hung holds old values of the keys written while
+        it was away until they are settled; one that restarted holds nothing
+        older than its return.
+        """
+        if self._health.state(node) is not NodeState.WARMING:
+            return True
+        return node in self._restarted or node not in self._settling
+
+    def _on_return(self, node: Node, restarted: bool | None) -> None:
+        if restarted:
+            self._restarted.add(node)
+        else:
+            self._restarted.discard(node)
+        with self._hints_lock:
+            hinted = bool(self._hints.get(node))
+        if hinted:
+            self._settling.add(node)
+        super()._on_return(node, restarted)
+
+    def _handoff(self, home: Node, keys: list[bytes]) -> None:
+        try:
+            super()._handoff(home, keys)
+        finally:
+            self._settling.discard(home)
 
     def get(self, key: str | bytes, default: Any = None) -> Any:
         kb = self._key(key)
@@ -213,9 +348,14 @@ class BackupClient(Client):
     def gets(self, key: str | bytes, default: Any = None,
              cas_default: Any = None) -> tuple[Any, Any]:
         kb = self._key(key)
-        self._read(kb)  # repairs the primary if only the backup has the key
-        primary = self._read_order(self._owners(kb))[0]
-        got = self._call(primary, "gets_many", [kb]).get(kb)
+
+        def attempt() -> tuple[Item, bytes] | None:
+            self._read(kb)  # repairs the primary if only the backup has the key
+            primary = self._read_plan(kb, self._owners(kb))[0]
+            got: tuple[Item, bytes] | None = self._call(primary, "gets_many", [kb]).get(kb)
+            return got
+
+        got = self._retrying(attempt)
         if got is None:
             return default, cas_default
         kind, plain, _ = copies.decode(got[0], self._clock.time())
@@ -227,33 +367,34 @@ class BackupClient(Client):
     def _rmw_primary(self, kb: bytes, mutate: Mutation) -> Any:
         """Decide on the primary atomically (CAS), then copy the result to the backup."""
         for _ in range(CAS_ATTEMPTS):
-            self._read(kb)  # a key only the backup has is first repaired onto the primary
-            order = self._read_order(self._owners(kb))
-            primary = order[0]
-            got = self._call(primary, "gets_many", [kb]).get(kb)
-            now = self._clock.time()
-            if got is None:
-                kind: Kind | None = None
-                plain: Item = copies.TOMBSTONE
-                abs_expiry = 0
-            else:
-                kind, plain, abs_expiry = copies.decode(got[0], now)
-            result, new_item, new_abs = mutate(kind, plain, abs_expiry)
-            if new_item is None:
+            result = self._retrying(lambda: self._rmw_once(kb, mutate))
+            if result is not _CONFLICT:
                 return result
-            calls = self._write_calls(kb, order, new_item, new_abs)
-            _, _, (k, stored, rel) = calls[0]
-            if got is None:
-                ok = self._call(primary, "add", k, stored, rel)
-            else:
-                ok = self._call(primary, "cas", k, stored, got[1], rel)
-            if not ok:
-                continue
-            rest = calls[1:]
-            results = [True] + self._fan_out(rest) if rest else [True]
-            self._acknowledged(kb, calls, results)
-            return result
         raise ServerError(f"too much contention on {kb!r}", key=kb)
+
+    def _rmw_once(self, kb: bytes, mutate: Mutation) -> Any:
+        self._read(kb)  # a key only the backup has is first repaired onto the primary
+        primary = self._read_plan(kb, self._owners(kb))[0]
+        got = self._call(primary, "gets_many", [kb]).get(kb)
+        now = self._clock.time()
+        if got is None:
+            kind: Kind | None = None
+            plain: Item = copies.TOMBSTONE
+            abs_expiry = 0
+        else:
+            kind, plain, abs_expiry = copies.decode(got[0], now)
+        result, new_item, new_abs = mutate(kind, plain, abs_expiry)
+        if new_item is None:
+            return result
+        _, _, (k, stored, rel) = self._write_calls(kb, [primary], new_item, new_abs)[0]
+        if got is None:
+            ok = self._call(primary, "add", k, stored, rel)
+        else:
+            ok = self._call(primary, "cas", k, stored, got[1], rel)
+        if not ok:
+            return _CONFLICT
+        self._replicate(kb, new_item, new_abs, done={primary})
+        return result
 
     def add(self, key: str | bytes, value: Any, expire: int = 0, noreply: bool | None = None,
             flags: int | None = None) -> bool:
@@ -312,16 +453,30 @@ class BackupClient(Client):
 
     def cas(self, key: str | bytes, value: Any, cas: Any, expire: int = 0,
             noreply: bool | None = False, flags: int | None = None) -> bool | None:
+        """Store ``value`` if the primary's CAS token is still ``cas``.
+
+        True if stored (on both owners), False if the value changed since
+        ``gets``, None if the key is gone (deleted, expired or never set).
+        """
         kb = self._key(key)
         item = self._serialize(kb, value, flags)
         new_abs = copies.absolute_expiry(_check_expire(expire), self._clock.time())
         token = _cas_token(cas)
-        order = self._read_order(self._owners(kb))
-        calls = self._write_calls(kb, order, item, new_abs)
-        _, _, (k, stored, rel) = calls[0]
-        ok: bool | None = self._call(order[0], "cas", k, stored, token, rel)
-        if ok and calls[1:]:
-            self._acknowledged(kb, calls, [True] + self._fan_out(calls[1:]))
+
+        def attempt() -> bool | None:
+            primary = self._read_plan(kb, self._owners(kb))[0]
+            _, _, (k, stored, rel) = self._write_calls(kb, [primary], item, new_abs)[0]
+            ok: bool | None = self._call(primary, "cas", k, stored, token, rel)
+            if ok:
+                self._replicate(kb, item, new_abs, done={primary})
+                return True
+            if ok is False:  # memcached answers NOT_FOUND for a deleted key: ours is a tombstone
+                got = self._call(primary, "get_many", [kb]).get(kb)
+                if got is None or copies.decode(got, self._clock.time())[0] is not Kind.VALUE:
+                    return None
+            return ok
+
+        ok = self._retrying(attempt)
         return True if noreply else ok
 
     # -- multi-key -------------------------------------------------------
@@ -330,11 +485,14 @@ class BackupClient(Client):
         if not by_kb:
             return {}
         groups: dict[Node, list[bytes]] = defaultdict(list)
+        plans: dict[bytes, list[Node]] = {}
         for kb in by_kb:
-            groups[self._read_order(self._owners(kb))[0]].append(kb)
+            plan = plans[kb] = self._read_plan(kb, self._owners(kb))
+            groups[plan[0]].append(kb)
         calls = [(node, "get_many", (kbs,)) for node, kbs in groups.items()]
         out: dict[Any, Any] = {}
         slow: list[bytes] = []
+        refills: list[Call] = []
         now = self._clock.time()
         for (_, _, (kbs,)), got in zip(calls, self._fan_out(calls), strict=True):
             if isinstance(got, MemringError):
@@ -345,9 +503,17 @@ class BackupClient(Client):
                 if item is None:
                     slow.append(kb)  # miss on the primary: the backup may have it
                     continue
-                kind, plain, _ = copies.decode(item, now)
+                kind, plain, abs_expiry = copies.decode(item, now)
                 if kind is Kind.VALUE:
                     out[by_kb[kb]] = self._serde.deserialize(self._unprefix(kb), *plain)
+                    for node in plans[kb][1:]:
+                        refill = self._refill_call(kb, node, plain, abs_expiry)
+                        if refill is not None:
+                            refills.append(refill)
+                elif kind is not Kind.TOMBSTONE:
+                    slow.append(kb)
+        if refills:  # best effort, like a read-repair
+            self._counters["refills"] += sum(r is True for r in self._fan_out(refills))
         failed: dict[bytes, Exception] = {}
         for kb in slow:
             try:
@@ -379,33 +545,43 @@ class BackupClient(Client):
             by_kb[kb] = key
             items[kb] = self._serialize(kb, value, flags)
         abs_expiry = copies.absolute_expiry(_check_expire(expire), self._clock.time())
-        # One set_many per node, all nodes at once.
-        per_key: dict[bytes, list[tuple[Node, str, tuple[Any, ...]]]] = {}
+        # One set_many per node (and expiry), all nodes at once.
+        per_key: dict[bytes, list[Node]] = {}
         batches: dict[tuple[Node, int], dict[bytes, Item]] = defaultdict(dict)
+        clears: dict[Node, list[bytes]] = defaultdict(list)
         for kb, item in items.items():
-            per_key[kb] = self._write_calls(kb, self._owners(kb), item, abs_expiry)
-            for node, _, (_, stored, rel) in per_key[kb]:
+            owners = per_key[kb] = self._owners(kb)
+            for node, _, (_, stored, rel) in self._write_calls(kb, owners, item, abs_expiry):
                 batches[(node, rel)][kb] = stored
-        calls = [(node, "set_many", (batch, rel)) for (node, rel), batch in batches.items()]
+            clear = self._to_clear(kb, owners)
+            if clear is not None:
+                clears[clear].append(kb)
+        calls: list[Call] = [(node, "set_many", (batch, rel))
+                             for (node, rel), batch in batches.items()]
+        extra: list[Call] = [(node, "delete_many", (kbs,)) for node, kbs in clears.items()]
         outcome: dict[tuple[Node, bytes], Any] = {}
-        for (node, _, (batch, _r)), got in zip(calls, self._fan_out(calls), strict=True):
+        for (node, _, (batch, _r)), got in zip(calls, self._fan_out(calls + extra),
+                                               strict=False):
             refused = set(got) if isinstance(got, list) else set()
             for kb in batch:
                 outcome[(node, kb)] = got if isinstance(got, MemringError) else (
                     kb not in refused)
         not_stored: list[Any] = []
         failed: dict[bytes, Exception] = {}
-        for kb, kcalls in per_key.items():
-            results = [outcome[(node, kb)] for node, _, _ in kcalls]
-            try:
-                if not self._acknowledged(kb, kcalls, results):
+        for kb, owners in per_key.items():
+            results = [outcome[(node, kb)] for node in owners]
+            done = {node for node, r in zip(owners, results, strict=True) if r is True}
+            if len(done) == len(owners):
+                self._hint_down_homes(kb)
+                continue
+            if any(r is False for r in results):
+                not_stored.append(by_kb[kb])
+                continue
+            degraded = any(isinstance(r, NodeUnavailable) and self._health.is_down(node)
+                           for node, r in zip(owners, results, strict=True))
+            try:  # an owner failed: store this key again, on whoever owns it now
+                if not self._replicate(kb, items[kb], abs_expiry, done, degraded):
                     not_stored.append(by_kb[kb])
-            except NodeUnavailable:
-                try:  # the owners changed under us: store this key again
-                    if not self._replicate(kb, items[kb], abs_expiry):
-                        not_stored.append(by_kb[kb])
-                except MemringError as exc:
-                    failed[kb] = exc
             except MemringError as exc:
                 failed[kb] = exc
         return list(self._finish_many("set_many", not_stored, failed, by_kb))
@@ -427,18 +603,46 @@ class BackupClient(Client):
     delete_multi = delete_many
 
     # -- a returning node (Invariant S) -------------------------------------
+    def _keepalive(self, home: Node) -> None:
+        """Nothing to keep alive while ``home`` is down.
+
+        The single-copy client refreshes its failover copies during a long
+        outage. Here the other home node holds every outage write with its
+        full expiry, and ``home`` is settled from it when it returns; the
+        node the single-copy client would refresh may be that very partner,
+        whose full copy a ``touch`` down to ``failover_ttl`` would cut short.
+        """
+
     def _settle(self, kb: bytes, home: Node, f: Node) -> None:
-        """Make the returning node ``home``'s copy of ``kb`` equal to the other owner's."""
-        owners = self._owners(kb)
-        if home not in owners:
-            return
-        others = [n for n in owners if n != home]
-        if not others:
-            return
-        source = others[0]
+        """Make the returning node ``home``'s copy of ``kb`` equal to the other owner's.
+
+        If it can't be done now, the key stays hinted for ``home``'s next return.
+        """
+        try:
+            if self._settle_from_partner(kb, home):
+                return
+        except MemringError:
+            self._hint(home, kb)
+            raise
+        self._hint(home, kb)
+
+    def _settle_from_partner(self, kb: bytes, home: Node) -> bool:
+        """True once settled (or nothing to do); False if ``home`` is down again."""
         for _ in range(CAS_ATTEMPTS):
-            mine = self._call(home, "gets_many", [kb]).get(kb)  # token first, then the source
-            theirs = self._call(source, "get_many", [kb]).get(kb)
+            owners = self._owners(kb)
+            if home not in owners:
+                return False
+            others = [n for n in owners if n != home]
+            if not others:
+                return True
+            source = others[0]
+            try:  # the token first, then the source
+                mine = self._call(home, "gets_many", [kb]).get(kb)
+                theirs = self._call(source, "get_many", [kb]).get(kb)
+            except NodeUnavailable as exc:
+                if exc.node == source and self._health.is_down(source):
+                    continue  # settle from the node that stands in for it
+                raise
             now = self._clock.time()
             if theirs is not None:
                 kind, plain, abs_expiry = copies.decode(theirs, now)
@@ -449,15 +653,15 @@ class BackupClient(Client):
                 rel = copies.relative_expiry(abs_expiry, now)
             else:
                 if mine is None or mine[0][1] & copies.FLAG_TOMBSTONE:
-                    return
+                    return True
                 stored, rel = copies.TOMBSTONE, self._failover.failover_ttl
             if mine is not None and mine[0] == stored:
-                return
+                return True
             if mine is None:
                 ok = self._call(home, "add", kb, stored, rel)
             else:
                 ok = self._call(home, "cas", kb, stored, mine[1], rel)
             if ok:
                 self._counters["settled"] += 1
-                return
+                return True
         raise ServerError(f"could not settle {kb!r}: too much contention", node=home, key=kb)

@@ -1,0 +1,496 @@
+"""Backup mode (two copies) against a plain dict model, under single-node faults.
+
+Two :class:`~memring.BackupClient` objects share four fake memcached nodes
+(``tests/fakes.py``) and a fake clock. Nodes are killed, hung (writes sent
+meanwhile are applied on resume), resumed and restarted empty, one at a
+time, while both clients set, delete and read keys. Checked on every read:
+
+* **Invariant S** — a read returns the latest acknowledged set (unless it
+  expired) or a miss: never an older value, never a deleted one.
+* **No loss** — a key whose latest operation was an acknowledged set is
+  never a miss while at most one node may lack that value. A node may lack
+  it if it was faulty, or seen as not up by a client, when the value was
+  written, or if it has been killed, hung or restarted since. Two such
+  nodes (say a restart, then the other owner killed) may lose the key.
+* No error reaches the caller: one faulty node of four is always survivable.
+
+"All clients observe alike" is made concrete as in ``test_invariant_s``:
+a client learns of a fault through a failed call of its own; before a
+faulty node comes back every client has had a call fail on it; time moves
+in small steps after each of which every client runs its due probes; and a
+new fault starts only when no client still sees another node down (a node
+that is back but still warming may be hit by the next fault).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from memring import BackupClient, Failover, HashRing, HealthPolicy, Node
+from memring.client.health import NodeState
+from tests.fakes import FakeClock, FakeCluster
+
+FAILOVER_TTL = 10
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 4.0
+#: Seconds a call to a hung node takes before it times out.
+TIMEOUT_COST = 0.3
+#: Time moves in steps of at most this; every client probes after each step.
+TICK = 0.5
+NODES = 4
+CLIENTS = 2
+#: Keys per ordered (primary, backup) pair of nodes.
+KEYS_PER_PAIR = 1
+
+_NODES = [Node(f"10.0.0.{i + 1}", 11211) for i in range(NODES)]
+
+
+def make_client(cluster: FakeCluster, clock: FakeClock) -> BackupClient:
+    return BackupClient(
+        [n.label for n in cluster.nodes],
+        failover=Failover("next", failover_ttl=FAILOVER_TTL),
+        health=HealthPolicy(failure_threshold=1, backoff_initial=BACKOFF_INITIAL,
+                            backoff_max=BACKOFF_MAX, jitter=0),
+        _transport_factory=cluster.transport_factory, _clock=clock, _background=False,
+    )
+
+
+def keys_by_pair(nodes: list[Node], per_pair: int) -> dict[tuple[Node, Node], list[str]]:
+    """``per_pair`` keys for every ordered (primary, backup) pair of nodes."""
+    ring = HashRing(nodes)
+    out: dict[tuple[Node, Node], list[str]] = {
+        (a, b): [] for a in nodes for b in nodes if a != b}
+    for i in itertools.count():
+        key = f"key:{i}"
+        p, b = ring.nodes_for(key, 2)
+        if len(out[(p, b)]) < per_pair:
+            out[(p, b)].append(key)
+        if all(len(v) == per_pair for v in out.values()):
+            return out
+    raise AssertionError("unreachable")
+
+
+_KEYS_BY_PAIR = keys_by_pair(_NODES, KEYS_PER_PAIR)
+ALL_KEYS = [k for ks in _KEYS_BY_PAIR.values() for k in ks]
+KEYS_OF = {n: [k for (p, b), ks in _KEYS_BY_PAIR.items() if n in (p, b) for k in ks]
+           for n in _NODES}
+
+
+def tick(clock: FakeClock, clients: list[BackupClient], seconds: float) -> None:
+    """Let ``seconds`` pass in small steps, every client running its due probes after each."""
+    while seconds > 1e-9:
+        step = min(TICK, seconds)
+        clock.advance(step)
+        seconds -= step
+        for c in clients:
+            c._health.probe_due()
+
+
+@dataclass
+class KeyModel:
+    """What a read of one key may return, and whether a miss would be a loss."""
+
+    #: value -> the clock time after which it must no longer be read (None: never expires)
+    allowed: dict[str, float | None] = field(default_factory=dict)
+    #: how each value left ``allowed``, to explain a failure
+    gone: dict[str, str] = field(default_factory=dict)
+    #: the value of the latest operation if it was an acknowledged set, else None
+    latest: str | None = None
+    #: nodes that may lack ``latest``
+    exposed: set[Node] = field(default_factory=set)
+
+    def acked_set(self, value: str, deadline: float | None, exposed: set[Node]) -> None:
+        for v in self.allowed:
+            self.gone[v] = f"overwritten by {value!r}"
+        self.allowed = {value: deadline}
+        self.latest = value
+        self.exposed = set(exposed)
+
+    def acked_delete(self) -> None:
+        for v in self.allowed:
+            self.gone[v] = "deleted"
+        self.allowed = {}
+        self.latest = None
+
+
+class BackupMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.cluster = FakeCluster(NODES, self.clock, timeout_cost=TIMEOUT_COST)
+        assert self.cluster.nodes == _NODES
+        self.clients = [make_client(self.cluster, self.clock) for _ in range(CLIENTS)]
+        self.model: dict[str, KeyModel] = {k: KeyModel() for k in ALL_KEYS}
+        self.values = itertools.count()
+        self.faulty: Node | None = None
+
+    def teardown(self) -> None:
+        for c in self.clients:
+            c.close()
+
+    # -- helpers ------------------------------------------------------------
+    def _value(self, key: str) -> str:
+        return f"{key}={next(self.values)}"
+
+    def _deadline(self, expire: int) -> float | None:
+        return None if expire == 0 else self.clock.time() + expire
+
+    def _unhealthy(self) -> set[Node]:
+        """Nodes that a write made now may not reach, or reach with old data around it."""
+        out = {n for n in _NODES if self.cluster[n].state != "up"}
+        for c in self.clients:
+            out |= {n for n in _NODES if c._health.state(n) is NodeState.DOWN}
+        return out
+
+    def _fault(self, node: Node) -> None:
+        for m in self.model.values():
+            m.exposed.add(node)
+
+    def _check(self, who: int, key: str, got: object) -> None:
+        m = self.model[key]
+        if got is None:
+            if m.latest is None or len(m.exposed) > 1:
+                return
+            deadline = m.allowed.get(m.latest)
+            if deadline is not None and self.clock.time() >= deadline - 1:
+                return  # memcached's whole-second clock may have expired it already
+            raise AssertionError(
+                f"lost: client {who} missed {key!r}, latest set {m.latest!r}; nodes that "
+                f"may lack it: {sorted(n.label for n in m.exposed)}")
+        if got in m.allowed:
+            deadline = m.allowed[got]
+            assert deadline is None or self.clock.time() <= deadline, (
+                f"client {who} read {key!r} = {got!r} after it expired")
+            return
+        why = m.gone.get(got, "never written")  # type: ignore[call-overload]
+        kind = "resurrected delete" if why == "deleted" else "stale read"
+        raise AssertionError(
+            f"{kind}: client {who} read {key!r} = {got!r} ({why}); "
+            f"allowed: {sorted(m.allowed)} or a miss")
+
+    def _sees_down(self, c: BackupClient, node: Node) -> bool:
+        return c._health.state(node) is NodeState.DOWN
+
+    def _may_fault(self, node: Node) -> bool:
+        """Single-node faults: nothing is faulty, and no client still sees another node down."""
+        return self.faulty is None and not any(
+            self._sees_down(c, n) for c in self.clients for n in _NODES if n != node)
+
+    def _observe(self) -> None:
+        """Every client that has not yet had a call fail on the faulty node gets one."""
+        assert self.faulty is not None
+        for c in self.clients:
+            if not self._sees_down(c, self.faulty):
+                c.stats()  # a call to every node it does not know to be down
+            assert self._sees_down(c, self.faulty)
+
+    # -- data operations ------------------------------------------------------
+    @initialize()
+    def fill(self) -> None:
+        values = {k: self._value(k) for k in ALL_KEYS}
+        assert self.clients[0].set_many(values) == []
+        for key, value in values.items():
+            self.model[key].acked_set(value, None, set())
+
+    @rule(who=st.integers(0, CLIENTS - 1), key=st.sampled_from(ALL_KEYS),
+          expire=st.sampled_from([0, 0, 0, 100_000, 4, 12, 25]))
+    def set(self, who: int, key: str, expire: int) -> None:
+        value = self._value(key)
+        exposed = self._unhealthy()
+        ok = self.clients[who].set(key, value, expire=expire)  # no error may reach us
+        assert ok is True
+        self.model[key].acked_set(value, self._deadline(expire), exposed | self._unhealthy())
+
+    def _hot(self) -> list[str]:
+        """Keys of the faulty node and of nodes some client does not see up."""
+        nodes = {self.faulty} if self.faulty is not None else set()
+        for c in self.clients:
+            nodes |= {n for n in _NODES if c._health.state(n) is not NodeState.UP}
+        return sorted({k for n in nodes for k in KEYS_OF[n]})
+
+    @precondition(lambda self: self._hot())
+    @rule(who=st.integers(0, CLIENTS - 1), data=st.data())
+    def set_hot(self, who: int, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(self._hot()))
+        self.set(who, key, data.draw(st.sampled_from([0, 0, 100_000, 4, 12])))
+
+    @precondition(lambda self: self._hot())
+    @rule(who=st.integers(0, CLIENTS - 1), data=st.data())
+    def delete_hot(self, who: int, data: st.DataObject) -> None:
+        self.delete(who, data.draw(st.sampled_from(self._hot())))
+
+    @precondition(lambda self: self._hot())
+    @rule()
+    def get_hot(self) -> None:
+        for who in range(CLIENTS):
+            for key in self._hot():
+                self.get(who, key)
+
+    @rule(who=st.integers(0, CLIENTS - 1), key=st.sampled_from(ALL_KEYS))
+    def delete(self, who: int, key: str) -> None:
+        self.clients[who].delete(key)
+        self.model[key].acked_delete()
+
+    @rule(who=st.integers(0, CLIENTS - 1), key=st.sampled_from(ALL_KEYS))
+    def get(self, who: int, key: str) -> None:
+        self._check(who, key, self.clients[who].get(key))
+
+    @rule(who=st.integers(0, CLIENTS - 1))
+    def get_all(self, who: int) -> None:
+        for key in ALL_KEYS:
+            self.get(who, key)
+
+    @rule(who=st.integers(0, CLIENTS - 1),
+          keys=st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=6, unique=True))
+    def get_many(self, who: int, keys: list[str]) -> None:
+        got = self.clients[who].get_many(keys)
+        assert set(got) <= set(keys)
+        for key in keys:
+            self._check(who, key, got.get(key))
+
+    @rule(who=st.integers(0, CLIENTS - 1),
+          keys=st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=6, unique=True),
+          expire=st.sampled_from([0, 100_000]))
+    def set_many(self, who: int, keys: list[str], expire: int) -> None:
+        values = {k: self._value(k) for k in keys}
+        exposed = self._unhealthy()
+        assert self.clients[who].set_many(values, expire=expire) == []
+        exposed |= self._unhealthy()
+        for k, v in values.items():
+            self.model[k].acked_set(v, self._deadline(expire), exposed)
+
+    @rule(who=st.integers(0, CLIENTS - 1),
+          keys=st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=6, unique=True))
+    def delete_many(self, who: int, keys: list[str]) -> None:
+        assert self.clients[who].delete_many(keys) is True
+        for k in keys:
+            self.model[k].acked_delete()
+
+    # -- faults ---------------------------------------------------------------
+    @rule(node=st.sampled_from(_NODES))
+    def kill(self, node: Node) -> None:
+        if self.faulty == node and self.cluster[node].state == "hung":
+            self.cluster[node].kill()  # SIGKILL a hung process: its buffered writes are lost
+            return
+        if not self._may_fault(node):
+            return
+        self.faulty = node
+        self._fault(node)
+        self.cluster[node].kill()
+
+    @rule(node=st.sampled_from(_NODES))
+    def hang(self, node: Node) -> None:
+        if not self._may_fault(node):
+            return
+        self.faulty = node
+        self._fault(node)
+        self.cluster[node].hang()
+
+    @precondition(lambda self: self.faulty is not None
+                  and self.cluster[self.faulty].state == "hung")
+    @rule()
+    def resume(self) -> None:
+        assert self.faulty is not None
+        self._observe()
+        self.cluster[self.faulty].resume()
+        self.faulty = None
+
+    @precondition(lambda self: self.faulty is not None)
+    @rule()
+    def restart(self) -> None:
+        assert self.faulty is not None
+        self._observe()
+        self.cluster[self.faulty].restart()
+        self.faulty = None
+
+    @rule(node=st.sampled_from(_NODES))
+    def restart_unnoticed(self, node: Node) -> None:
+        """A restart no client notices (its connections are simply re-opened): the node is empty."""
+        if self.faulty is None:
+            self._fault(node)
+            self.cluster[node].restart()
+
+    # -- time -------------------------------------------------------------------
+    @rule(seconds=st.sampled_from([
+        TICK, BACKOFF_INITIAL, BACKOFF_MAX, FAILOVER_TTL / 2, FAILOVER_TTL - 1, FAILOVER_TTL,
+        FAILOVER_TTL + 1, FAILOVER_TTL + 2.5, 2 * FAILOVER_TTL + 3]))
+    def advance(self, seconds: float) -> None:
+        tick(self.clock, self.clients, seconds)
+
+    @rule()
+    def probe(self) -> None:
+        for c in self.clients:
+            c._health.probe_due()
+
+
+BackupMachine.TestCase.settings = settings(
+    max_examples=400, stateful_step_count=50, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_backup_state_machine = BackupMachine.TestCase
+
+
+# ---------------------------------------------------------------------------
+# targeted tests
+
+
+def _setup() -> tuple[FakeClock, FakeCluster, list[BackupClient]]:
+    clock = FakeClock()
+    cluster = FakeCluster(NODES, clock, timeout_cost=TIMEOUT_COST)
+    return clock, cluster, [make_client(cluster, clock) for _ in range(CLIENTS)]
+
+
+@pytest.mark.parametrize("victim", _NODES, ids=lambda n: n.label)
+def test_killing_any_node_loses_nothing(victim: Node) -> None:
+    clock, cluster, (a, b) = _setup()
+    keys = [f"k:{i}" for i in range(300)]
+    assert a.set_many({k: k for k in keys}) == []
+    cluster[victim].kill()
+    for c in (a, b):
+        assert c.get_many(keys) == {k: k for k in keys}
+        assert [c.get(k) for k in keys] == keys
+
+
+def test_degraded_write_is_hinted_and_handed_off() -> None:
+    """The write that finds an owner dead is stored on the other; the returning node gets it."""
+    clock, cluster, (a, b) = _setup()
+    victim = _NODES[0]
+    key = KEYS_OF[victim][0]
+    a.set(key, "old")
+    cluster[victim].kill()
+    assert a.set(key, "new") is True
+    assert a.metrics()["degraded_writes"] == 1
+    cluster[victim].restart()
+    tick(clock, [a, b], BACKOFF_MAX + TICK)
+    assert a._health.state(victim) is NodeState.WARMING
+    assert cluster[victim].peek(key.encode()) is not None
+
+
+def test_stand_in_copy_never_outlives_a_newer_write() -> None:
+    """A node hangs and returns; the other owner dies while it warms.
+
+    The stand-in that took the key during the first outage holds an older
+    copy; it must not be read once the key has been written again.
+    """
+    clock, cluster, (a, b) = _setup()
+    p, s = _NODES[0], _NODES[1]
+    key = _KEYS_BY_PAIR[(p, s)][0]
+    a.set(key, "v0")
+    cluster[p].hang()
+    assert a.set(key, "v1") is True          # finds p hung: degraded, on s
+    assert a.set(key, "v2") is True          # on s and on the stand-in
+    b.get(key)                               # b notices too
+    cluster[p].resume()
+    tick(clock, [a, b], BACKOFF_MAX + TICK)  # both see p back: warming, handed off
+    assert a._health.state(p) is NodeState.WARMING
+    assert a.set(key, "v3") is True          # on p and s
+    cluster[s].kill()
+    for c in (a, b):
+        assert c.get(key) == "v3"
+    tick(clock, [a, b], FAILOVER_TTL + 3)
+    for c in (a, b):
+        assert c.get(key) == "v3"
+
+
+def test_delete_during_warming_then_other_owner_dies() -> None:
+    clock, cluster, (a, b) = _setup()
+    p, s = _NODES[2], _NODES[3]
+    key = _KEYS_BY_PAIR[(p, s)][0]
+    a.set(key, "v0")
+    cluster[p].hang()
+    assert b.set(key, "v1") is True
+    assert b.set(key, "v2") is True
+    a.get(key)
+    cluster[p].resume()
+    tick(clock, [a, b], BACKOFF_MAX + TICK)
+    assert a.delete(key) is True
+    cluster[s].kill()
+    for c in (a, b):
+        assert c.get(key) is None
+
+
+def test_long_outage_keeps_the_partner_copy() -> None:
+    """An outage longer than ``failover_ttl`` loses nothing: the partner keeps its full copy."""
+    clock, cluster, (a, b) = _setup()
+    victim = _NODES[0]
+    keys = KEYS_OF[victim]
+    for k in keys:
+        a.set(k, "before")
+    cluster[victim].kill()
+    for k in keys[::2]:
+        assert b.set(k, "during") is True
+    expected = {k: ("during" if i % 2 == 0 else "before") for i, k in enumerate(keys)}
+    a.get(keys[1])  # a notices too
+    tick(clock, [a, b], 3 * FAILOVER_TTL)
+    for c in (a, b):
+        assert {k: c.get(k) for k in keys} == expected
+    cluster[victim].restart()
+    for seconds in (BACKOFF_MAX + TICK, FAILOVER_TTL + 3, 3 * FAILOVER_TTL):
+        tick(clock, [a, b], seconds)
+        for c in (a, b):
+            assert {k: c.get(k) for k in keys} == expected
+    # The partner's copy was never cut short; the returned node got the
+    # outage writes (handoff) and, as primary, the other keys (read-repair).
+    # (A key it is the backup of and that was not written since stays on
+    # its primary alone until it is written again.)
+    ring = HashRing(_NODES)
+    for k in keys:
+        home = ring.nodes_for(k, 2)
+        (partner,) = [n for n in home if n != victim]
+        assert cluster[partner].peek(k.encode()) is not None, k
+        if expected[k] == "during" or home[0] == victim:
+            assert cluster[victim].peek(k.encode()) is not None, k
+
+
+def test_warming_restarted_node_answers_when_its_partner_lost_the_key() -> None:
+    """Found by the state machine: written after n3 restarted, then n4 restarts unnoticed.
+
+    The key is on n3 (warming) and no longer on n4: n3 must answer.
+    """
+    clock, cluster, (a, b) = _setup()
+    n3, n4 = _NODES[2], _NODES[3]
+    keys = _KEYS_BY_PAIR[(n4, n3)] + _KEYS_BY_PAIR[(n3, n4)]
+    cluster[n3].kill()
+    for c in (a, b):
+        c.stats()  # both see n3 down
+    cluster[n3].restart()
+    tick(clock, [a, b], BACKOFF_INITIAL)
+    assert all(c._health.state(n3) is NodeState.WARMING for c in (a, b))
+    for k in keys:
+        assert a.set(k, "after") is True
+    cluster[n4].restart()  # no client notices
+    for c in (a, b):
+        assert [c.get(k) for k in keys] == ["after"] * len(keys)
+
+
+def test_restarted_backup_gets_its_copies_back_when_read() -> None:
+    """A restarted node is refilled by reads while it warms; then its partner may fail."""
+    clock, cluster, (a, b) = _setup()
+    victim = _NODES[1]
+    keys = [f"r:{i}" for i in range(400)]
+    assert a.set_many({k: k for k in keys}) == []
+    backup_of = [k for k in keys if a.ring.nodes_for(k, 2)[1] == victim]
+    primary_of = [k for k in keys if a.ring.nodes_for(k, 2)[0] == victim]
+    assert backup_of and primary_of
+    cluster[victim].kill()
+    a.stats()
+    b.stats()
+    tick(clock, [a, b], TICK)
+    cluster[victim].restart()
+    tick(clock, [a, b], BACKOFF_INITIAL)
+    assert a._health.state(victim) is NodeState.WARMING
+    assert a.get_many(backup_of[::2]) == {k: k for k in backup_of[::2]}
+    assert [a.get(k) for k in backup_of[1::2] + primary_of] == backup_of[1::2] + primary_of
+    assert a.metrics()["refills"] == len(backup_of) + len(primary_of)
+    assert all(cluster[victim].peek(k.encode()) is not None for k in backup_of + primary_of)
+    tick(clock, [a, b], FAILOVER_TTL + 3)
+    # A later fault of any other node loses nothing.
+    cluster[_NODES[0]].kill()
+    for c in (a, b):
+        assert c.get_many(keys) == {k: k for k in keys}
