@@ -365,6 +365,9 @@ class FakeMemcached:
     def _version(self) -> bytes:
         return VERSION
 
+    def _dump_keys(self) -> list[bytes]:
+        return self.keys()
+
     def _flush_all(self, delay: int) -> bool:
         if delay <= 0:
             self._items.clear()
@@ -435,6 +438,9 @@ class FakeTransport:
 
     def flush_all(self, delay: int) -> bool:
         return bool(self.server.call("flush_all", None, delay))
+
+    def dump_keys(self) -> list[bytes]:
+        return list(self.server.call("dump_keys", None))
 
     def close(self) -> None:
         self.closed = True

@@ -44,6 +44,8 @@ a home node is warming:
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
@@ -64,6 +66,13 @@ from memring.errors import (
 from memring.hashring import Node
 
 __all__ = ["BackupClient"]
+
+log = logging.getLogger("memring")
+
+#: Marks a restarted node as being rebuilt by one client (a tombstone: reads miss).
+REBUILD_MARKER = b"memring:rebuild"
+#: Keys read from the other owner per round trip while rebuilding.
+REBUILD_BATCH = 200
 
 T = TypeVar("T")
 _MISSING = object()
@@ -324,6 +333,7 @@ class BackupClient(Client):
     def _on_return(self, node: Node, restarted: bool | None) -> None:
         if restarted:
             self._restarted.add(node)
+            self._on_restart(node)
         else:
             self._restarted.discard(node)
         with self._hints_lock:
@@ -331,6 +341,65 @@ class BackupClient(Client):
         if hinted:
             self._settling.add(node)
         super()._on_return(node, restarted)
+
+    def _on_restart(self, node: Node) -> None:
+        if self._background:
+            threading.Thread(target=self._rebuild, args=(node,), name="memring-rebuild",
+                             daemon=True).start()
+        else:
+            self._rebuild(node)
+
+    def _rebuild(self, node: Node) -> int:
+        """Copy back onto ``node``, which restarted empty, every key it co-owns.
+
+        Read-repair and refills only reach keys that are read; without this
+        a key whose other copy was on the restarted node would live on one
+        node until rewritten, and the next single fault could lose it. Keys
+        are listed with ``lru_crawler metadump`` on the key's other owner
+        and copied with ``add``, so a newer write or a delete's tombstone
+        that got there first always wins. One client per restart does it:
+        the first whose ``add`` of a marker on the returned node succeeds.
+        """
+        try:
+            if not self._call(node, "add", REBUILD_MARKER, copies.TOMBSTONE,
+                              self._failover.failover_ttl):
+                return 0  # another client is rebuilding it
+        except MemringError:
+            return 0
+        copied = 0
+        for source in self._ring.nodes:
+            if source == node or self._health.is_down(source):
+                continue
+            try:
+                keys = self._call(source, "dump_keys")
+            except MemringError as exc:
+                log.warning("rebuild of %s: cannot list the keys of %s: %s",
+                            node.label, source.label, exc)
+                continue
+            ours = [k for k in keys if k != REBUILD_MARKER
+                    and {node, source} == set(self._ring.nodes_for(k, 2))]
+            for i in range(0, len(ours), REBUILD_BATCH):
+                if self._closed or self._health.is_down(node):
+                    return copied
+                try:
+                    copied += self._rebuild_batch(node, source, ours[i:i + REBUILD_BATCH])
+                except MemringError as exc:
+                    log.warning("rebuild of %s from %s failed: %s", node.label, source.label, exc)
+                    break
+        self._counters["rebuilt_keys"] += copied
+        log.info("rebuild of %s: %d keys copied back from their other owners", node.label, copied)
+        return copied
+
+    def _rebuild_batch(self, node: Node, source: Node, kbs: list[bytes]) -> int:
+        copied = 0
+        now = self._clock.time()
+        for kb, item in self._call(source, "get_many", kbs).items():
+            kind, plain, abs_expiry = copies.decode(item, now)
+            rel = copies.relative_expiry(abs_expiry, now)
+            if kind is Kind.VALUE and rel >= 0 and self._call(
+                    node, "add", kb, copies.encode_copy(plain, abs_expiry), rel):
+                copied += 1
+        return copied
 
     def _handoff(self, home: Node, keys: list[bytes]) -> None:
         try:

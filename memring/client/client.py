@@ -178,9 +178,13 @@ class Client:
         self._background = _background
         self._health = HealthMonitor(
             self._transports, policy=self._health_policy, failover=self._failover,
-            clock=self._clock, on_return=self._on_return, background=_background,
+            clock=self._clock, on_return=self._on_return, on_restart=self._on_restart,
+            background=_background,
             on_down=self._keepalive, down_interval=self._failover.keepalive_seconds,
         )
+        for transport in self._transports.values():
+            if hasattr(transport, "on_reconnect"):
+                transport.on_reconnect = self._health.note_reconnect
         self._hints: dict[Node, dict[bytes, None]] = defaultdict(dict)
         self._hints_lock = threading.Lock()
         self._counters: dict[str, int] = defaultdict(int)
@@ -228,7 +232,7 @@ class Client:
         return home
 
     def __repr__(self) -> str:
-        return (f"Client({[n.label for n in self._ring.nodes]!r}, "
+        return (f"{type(self).__name__}({[n.label for n in self._ring.nodes]!r}, "
                 f"failover={self._failover!r}, timeouts={self._timeouts!r})")
 
     # ------------------------------------------------------------------
@@ -351,6 +355,13 @@ class Client:
                              name="memring-handoff", daemon=True).start()
         else:
             self._handoff(node, list(hints))
+
+    def _on_restart(self, node: Node) -> None:
+        """``node`` restarted between two calls, never seen down: it just lost its keys.
+
+        The single-copy client has nothing to move (no copy was written
+        elsewhere); BackupClient rebuilds the lost copies.
+        """
 
     def _handoff(self, home: Node, keys: list[bytes]) -> None:
         """Settle every key this client wrote to a failover node while ``home`` was down."""

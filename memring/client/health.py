@@ -33,6 +33,9 @@ __all__ = ["Clock", "HealthMonitor", "NodeState", "NodeStatus", "SystemClock"]
 
 log = logging.getLogger("memring")
 
+#: A memcached process reports an uptime of about 2 s right after it starts.
+_UPTIME_AT_START = 3.0
+
 
 class Clock(Protocol):
     def monotonic(self) -> float: ...
@@ -72,6 +75,7 @@ class NodeStatus:
 
 class _Health:
     __slots__ = (
+        "checking",
         "down_at", "errors", "failovers", "failures", "last_error", "lock", "next_down_call_at",
         "next_probe_at", "node", "ops", "pid", "probe_attempt", "restarted", "state",
         "state_changes", "timeouts", "uptime", "warm_until",
@@ -92,6 +96,7 @@ class _Health:
         self.uptime: int | None = None
         self.restarted: bool | None = None
         self.ops = self.errors = self.timeouts = self.failovers = self.state_changes = 0
+        self.checking = False
 
 
 class HealthMonitor:
@@ -105,6 +110,7 @@ class HealthMonitor:
         failover: Failover,
         clock: Clock,
         on_return: Callable[[Node, bool | None], None] | None = None,
+        on_restart: Callable[[Node], None] | None = None,
         on_down: Callable[[Node], None] | None = None,
         down_interval: float | None = None,
         background: bool = True,
@@ -115,6 +121,8 @@ class HealthMonitor:
         self._failover = failover
         self._clock = clock
         self._on_return = on_return
+        self._on_restart = on_restart
+        self._started = clock.monotonic()
         self._on_down = on_down if down_interval is not None else None
         self._down_interval = down_interval or 0.0
         self._rng = rng or random.Random()
@@ -211,7 +219,8 @@ class HealthMonitor:
             if h.pid is not None and pid is not None:
                 restarted: bool | None = pid != h.pid
             elif uptime is not None:
-                restarted = uptime < down_for
+                # memcached's uptime starts at 2 s, not 0
+                restarted = uptime < down_for + _UPTIME_AT_START
             else:
                 restarted = None
             h.pid, h.uptime, h.restarted = pid, uptime, restarted
@@ -226,6 +235,49 @@ class HealthMonitor:
         if self._on_return is not None:
             self._on_return(node, restarted)
         return True
+
+    def note_reconnect(self, node: Node) -> None:
+        """A call found ``node``'s pooled connections closed by the server.
+
+        It may have restarted (empty) between two calls, too fast to be seen
+        down. Check its ``stats``, off the request path, and call
+        ``on_restart`` if it did.
+        """
+        h = self._nodes[node]
+        with h.lock:
+            if h.checking or self._closed:
+                return
+            h.checking = True
+        if self._background:
+            threading.Thread(target=self._check_restart, args=(node,),
+                             name="memring-restart-check", daemon=True).start()
+        else:
+            self._check_restart(node)
+
+    def _check_restart(self, node: Node) -> None:
+        h = self._nodes[node]
+        try:
+            stats = self._transports[node].stats()
+        except MemringError:
+            return  # a failing node is the request path's business
+        finally:
+            h.checking = False
+        pid = _int(stats.get(b"pid"))
+        uptime = _int(stats.get(b"uptime"))
+        with h.lock:
+            if h.pid is not None and pid is not None:
+                restarted = pid != h.pid
+            else:  # started after this client did: it restarted since
+                restarted = uptime is not None and (
+                    uptime < self._clock.monotonic() - self._started + _UPTIME_AT_START)
+            h.pid, h.uptime = pid, uptime
+            if not restarted or h.state is not NodeState.UP:
+                return
+            h.restarted = True
+        log.warning("node %s restarted (empty) between two calls", node.label,
+                    extra={"memring_node": node.label})
+        if self._on_restart is not None:
+            self._on_restart(node)
 
     def probe_due(self) -> float | None:
         """Probe every down node whose time has come, and call ``on_down`` where it is due.

@@ -11,11 +11,12 @@ memring errors (:func:`translate_errors`).
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
-from pymemcache.client.base import PooledClient
+from pymemcache.client.base import Client, PooledClient, _readline
 from pymemcache.exceptions import (
     MemcacheClientError,
     MemcacheError,
@@ -55,6 +56,7 @@ class NodeTransport(Protocol):
     def stats(self, *args: str) -> dict[bytes, Any]: ...
     def version(self) -> bytes: ...
     def flush_all(self, delay: int) -> bool: ...
+    def dump_keys(self) -> list[bytes]: ...
     def close(self) -> None: ...
 
 
@@ -83,6 +85,10 @@ def translate_errors(node: Node, key: object = None) -> Iterator[None]:
         yield
     except _TRANSLATED as exc:
         raise _translate(exc, node, key) from exc
+
+
+#: Errors of a pooled socket whose server went away (closed by the peer).
+_STALE = (MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError)
 
 
 class _RawSerde:
@@ -118,6 +124,11 @@ class PymemcacheTransport:
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.node = node
+        self._timeouts = timeouts
+        self._tls_context = tls_context
+        #: Called (with the node) after a call had to reconnect because the
+        #: server had closed its pooled connections: it may have restarted.
+        self.on_reconnect: Callable[[Node], None] | None = None
         self._pool = PooledClient(
             node.address,
             serde=_RAW,
@@ -150,25 +161,26 @@ class PymemcacheTransport:
         try:
             return self._once(key, method, args, kwargs)
         except NodeUnavailable as exc:
-            cause = exc.__cause__
-            stale = isinstance(cause, (MemcacheUnexpectedCloseError, BrokenPipeError,
-                                       ConnectionResetError))
-            if not stale:
+            if not isinstance(exc.__cause__, _STALE):
                 raise
-            # The idle pooled sockets to the old process are dead too: retry
-            # past them, each dropped as it fails (at once: the peer is gone).
-            # Never close the pool here: that would close sockets other
-            # threads are using, and their calls would fail with
-            # AttributeError or EBADF instead of a memring error.
-            for _ in range(len(self._pool.client_pool.free)):
-                try:
-                    return self._once(key, method, args, kwargs)
-                except NodeUnavailable as again:
-                    if not isinstance(again.__cause__, (
-                            MemcacheUnexpectedCloseError, BrokenPipeError,
-                            ConnectionResetError)):
-                        raise
-            return self._once(key, method, args, kwargs)
+        # The server closed a pooled connection: it restarted (or dropped its
+        # connections). The other idle pooled sockets to the old process are
+        # dead too: retry past them, each dropped as it fails (at once: the
+        # peer is gone). Never close the pool here: that would close sockets
+        # other threads are using, and their calls would fail with
+        # AttributeError or EBADF instead of a memring error.
+        for _ in range(len(self._pool.client_pool.free)):
+            try:
+                result = self._once(key, method, args, kwargs)
+                break
+            except NodeUnavailable as again:
+                if not isinstance(again.__cause__, _STALE):
+                    raise
+        else:
+            result = self._once(key, method, args, kwargs)
+        if self.on_reconnect is not None:
+            self.on_reconnect(self.node)
+        return result
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
         if len(keys) == 1:
@@ -227,6 +239,32 @@ class PymemcacheTransport:
 
     def flush_all(self, delay: int) -> bool:
         return bool(self._call(None, "flush_all", delay, noreply=False))
+
+    def dump_keys(self) -> list[bytes]:
+        """Every key the node holds (``lru_crawler metadump all``), for rebuilding a copy.
+
+        Read on a connection of its own: the reply can be megabytes, and
+        pymemcache's ``raw_command`` keeps only the last chunk of a long
+        reply, so the lines are read with pymemcache's line reader instead.
+        """
+        conn = Client(self.node.address, connect_timeout=self._timeouts.connect,
+                      timeout=self._timeouts.read, tls_context=self._tls_context)
+        keys: list[bytes] = []
+        with translate_errors(self.node):
+            try:
+                conn._connect()
+                assert conn.sock is not None
+                conn.sock.sendall(b"lru_crawler metadump all\r\n")
+                _, reply = _readline(conn.sock, b"")  # entries end in "\n", the reply in "\r\n"
+            finally:
+                conn.close()
+        for line in reply.split(b"\n"):
+            if line.startswith(b"key="):
+                keys.append(unquote_to_bytes(line[4:].split(b" ", 1)[0]))
+            elif line and line != b"END":
+                raise ServerError(f"metadump refused: {line[:80].decode(errors='replace')}",
+                                  node=self.node)
+        return keys
 
     def close(self) -> None:
         self._pool.close()

@@ -282,6 +282,7 @@ def test_other_owner_dies_while_the_returned_node_warms(fresh_cluster, make_back
 # -- a node restarts empty ---------------------------------------------------
 def test_node_restarted_empty_is_repaired_on_read(fresh_cluster, make_backup, raw) -> None:
     client = make_backup(fresh_cluster)
+    client._rebuild = lambda node: 0  # reads alone must repair it here
     expected = {f"r:{i}": {"user": i} for i in range(4_000)}
     write_all(client, expected)
     victim = fresh_cluster[1]
@@ -331,6 +332,32 @@ def test_restarted_node_is_refilled_then_its_partner_may_die(fresh_cluster, make
              lambda: state(client, victim.node) is NodeState.UP, timeout=WARMING + 5)
     partner.kill()
     assert_clean(audit(client, expected), "refilled node up, its partner killed")
+
+
+def test_restarted_node_is_rebuilt_even_if_no_key_is_read(fresh_cluster, make_backup,
+                                                          raw) -> None:
+    """A node restarts empty and nobody reads its keys; then a partner dies: nothing is lost.
+
+    Reads can't refill keys nobody reads: the rebuild copies every key the
+    restarted node co-owns back from the other owner.
+    """
+    client = make_backup(fresh_cluster)
+    expected = {f"r:{i}": f"v{i}" for i in range(3_000)}
+    write_all(client, expected)
+    victim, partner = fresh_cluster[1], fresh_cluster[2]
+    shared = [k for k in expected
+              if set(client.ring.nodes_for(k, 2)) == {victim.node, partner.node}]
+    assert shared
+
+    victim.restart()
+    for k in expected:  # one write that reaches it: the client learns it restarted
+        if victim.node in client.ring.nodes_for(k, 2):
+            client.set(k, expected[k])
+            break
+    wait_for("the rebuild", lambda: client.metrics().get("rebuilt_keys", 0) > 0)
+    assert [k for k in shared if stored(raw, victim.node, k) is None] == []
+    partner.kill()
+    assert_clean(audit(client, expected), "rebuilt node, its partner killed")
 
 
 def test_node_down_then_restarted_gets_its_outage_keys_back(

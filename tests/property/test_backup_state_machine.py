@@ -472,6 +472,8 @@ def test_warming_restarted_node_answers_when_its_partner_lost_the_key() -> None:
 def test_restarted_backup_gets_its_copies_back_when_read() -> None:
     """A restarted node is refilled by reads while it warms; then its partner may fail."""
     clock, cluster, (a, b) = _setup()
+    for c in (a, b):
+        c._rebuild = lambda node: 0  # type: ignore[method-assign]  # reads alone refill here
     victim = _NODES[1]
     keys = [f"r:{i}" for i in range(400)]
     assert a.set_many({k: k for k in keys}) == []
@@ -494,3 +496,23 @@ def test_restarted_backup_gets_its_copies_back_when_read() -> None:
     cluster[_NODES[0]].kill()
     for c in (a, b):
         assert c.get_many(keys) == {k: k for k in keys}
+
+
+def test_restarted_node_is_rebuilt_without_any_read() -> None:
+    """A node restarts empty and no key is read: the rebuild copies back all it co-owns."""
+    clock, cluster, (a, b) = _setup()
+    victim, partner = _NODES[1], _NODES[2]
+    keys = [f"q:{i}" for i in range(400)]
+    assert a.set_many({k: k for k in keys}) == []
+    shared = [k for k in keys if set(a.ring.nodes_for(k, 2)) == {victim, partner}]
+    assert shared
+    cluster[victim].kill()
+    a.stats()
+    b.stats()
+    cluster[victim].restart()
+    while a._health.state(victim) is not NodeState.WARMING:
+        tick(clock, [a, b], TICK)
+    assert a.metrics()["rebuilt_keys"] + b.metrics().get("rebuilt_keys", 0) >= len(shared)
+    assert all(cluster[victim].peek(k.encode()) is not None for k in shared)
+    cluster[partner].kill()
+    assert a.get_many(shared) == {k: k for k in shared}
