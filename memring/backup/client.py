@@ -50,7 +50,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
-from memring.client import copies
+from memring.client import copies, mutations
 from memring.client.client import CAS_ATTEMPTS, Client, _cas_token, _check_expire
 from memring.client.copies import Kind
 from memring.client.health import NodeState
@@ -77,7 +77,7 @@ REBUILD_BATCH = 200
 T = TypeVar("T")
 _MISSING = object()
 _CONFLICT = object()  # a CAS lost a race: read again and retry
-Mutation = Callable[["Kind | None", Item, int], "tuple[Any, Item | None, int]"]
+Mutation = mutations.Mutation
 Call = tuple[Node, str, tuple[Any, ...]]
 
 
@@ -444,14 +444,7 @@ class BackupClient(Client):
     def _rmw_once(self, kb: bytes, mutate: Mutation) -> Any:
         self._read(kb)  # a key only the backup has is first repaired onto the primary
         primary = self._read_plan(kb, self._owners(kb))[0]
-        got = self._call(primary, "gets_many", [kb]).get(kb)
-        now = self._clock.time()
-        if got is None:
-            kind: Kind | None = None
-            plain: Item = copies.TOMBSTONE
-            abs_expiry = 0
-        else:
-            kind, plain, abs_expiry = copies.decode(got[0], now)
+        got, (kind, plain, abs_expiry), _ = self._fetch(primary, kb)
         result, new_item, new_abs = mutate(kind, plain, abs_expiry)
         if new_item is None:
             return result
@@ -470,55 +463,30 @@ class BackupClient(Client):
         kb = self._key(key)
         item = self._serialize(kb, value, flags)
         new_abs = copies.absolute_expiry(_check_expire(expire), self._clock.time())
-        return bool(self._rmw_primary(kb, lambda kind, cur, a: (
-            (False, None, 0) if kind is Kind.VALUE else (True, item, new_abs))))
+        return bool(self._rmw_primary(kb, mutations.add(item, new_abs)))
 
     def replace(self, key: str | bytes, value: Any, expire: int = 0,
                 noreply: bool | None = None, flags: int | None = None) -> bool:
         kb = self._key(key)
         item = self._serialize(kb, value, flags)
         new_abs = copies.absolute_expiry(_check_expire(expire), self._clock.time())
-        return bool(self._rmw_primary(kb, lambda kind, cur, a: (
-            (True, item, new_abs) if kind is Kind.VALUE else (False, None, 0))))
+        return bool(self._rmw_primary(kb, mutations.replace(item, new_abs)))
 
     def _concat(self, key: str | bytes, value: Any, noreply: bool | None, method: str) -> bool:
         kb = self._key(key)
-        data = value.encode("utf-8") if isinstance(value, str) else (
-            value if isinstance(value, bytes) else self._serialize(kb, value)[0])
-
-        def mutate(kind: Kind | None, cur: Item, a: int) -> tuple[Any, Item | None, int]:
-            if kind is not Kind.VALUE:
-                return False, None, 0
-            joined = cur[0] + data if method == "append" else data + cur[0]
-            self._serialize(kb, joined, cur[1])  # size check
-            return True, (joined, cur[1]), a
-
-        return bool(self._rmw_primary(kb, mutate))
+        data = self._concat_data(kb, value, method)
+        return bool(self._rmw_primary(kb, self._concat_mutation(kb, data, method)))
 
     def _arith(self, key: str | bytes, value: int, incr: bool) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
-            raise ValueError(f"incr/decr amount must be an int in 0..2**64-1, got {value!r}")
+        mutations.check_delta(value)
         kb = self._key(key)
-
-        def mutate(kind: Kind | None, cur: Item, a: int) -> tuple[Any, Item | None, int]:
-            if kind is not Kind.VALUE:
-                return None, None, 0
-            try:
-                n = int(cur[0])
-            except ValueError:
-                raise ServerError("cannot increment or decrement non-numeric value",
-                                  key=kb) from None
-            n = (n + value) % (1 << 64) if incr else max(0, n - value)
-            return n, (str(n).encode(), cur[1]), a
-
-        result: int | None = self._rmw_primary(kb, mutate)
+        result: int | None = self._rmw_primary(kb, mutations.arith(value, incr))
         return result
 
     def touch(self, key: str | bytes, expire: int = 0, noreply: bool | None = None) -> bool:
         kb = self._key(key)
         new_abs = copies.absolute_expiry(_check_expire(expire), self._clock.time())
-        return bool(self._rmw_primary(kb, lambda kind, cur, a: (
-            (True, cur, new_abs) if kind is Kind.VALUE else (False, None, 0))))
+        return bool(self._rmw_primary(kb, mutations.retouch(new_abs)))
 
     def cas(self, key: str | bytes, value: Any, cas: Any, expire: int = 0,
             noreply: bool | None = False, flags: int | None = None) -> bool | None:

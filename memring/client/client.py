@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from memring.client import copies, defaults
+from memring.client import copies, defaults, mutations
 from memring.client.copies import Kind
 from memring.client.health import Clock, HealthMonitor, NodeState, NodeStatus, SystemClock
 from memring.client.keys import encode_key
@@ -465,14 +465,7 @@ class Client:
     ) -> Any:
         """An atomic read-modify-write of a key's copy on its failover node (CAS loop)."""
         for _ in range(CAS_ATTEMPTS):
-            got = self._call(f, "gets_many", [kb]).get(kb)
-            now = self._clock.time()
-            if got is None:
-                kind: Kind | None = None
-                plain: Item = copies.TOMBSTONE
-                abs_expiry = 0
-            else:
-                kind, plain, abs_expiry = copies.decode(got[0], now)
+            got, (kind, plain, abs_expiry), now = self._fetch(f, kb)
             result, new_item, new_abs = mutate(kind, plain, abs_expiry)
             if new_item is None:
                 return result
@@ -488,6 +481,15 @@ class Client:
                 self._copied(home, f, kb)
                 return result
         raise ServerError(f"too much contention on {kb!r} during failover", node=f, key=kb)
+
+    def _fetch(self, node: Node, kb: bytes) -> tuple[
+            tuple[Item, bytes] | None, tuple[Kind | None, Item, int], float]:
+        """``gets`` of one key: the raw reply, its decoded ``(kind, item, expiry)``, the time."""
+        got = self._call(node, "gets_many", [kb]).get(kb)
+        now = self._clock.time()
+        if got is None:
+            return None, (None, copies.TOMBSTONE, 0), now
+        return got, copies.decode(got[0], now), now
 
     def _write_copy(self, f: Node, home: Node, kb: bytes, item: Item, expire: int) -> bool:
         now = self._clock.time()
@@ -593,8 +595,7 @@ class Client:
         def down(f: Node, h: Node) -> bool:
             now = self._clock.time()
             new_abs = copies.absolute_expiry(expire, now)
-            return bool(self._rmw(f, h, kb, lambda kind, cur, a: (
-                (False, None, 0) if kind is Kind.VALUE else (True, item, new_abs))))
+            return bool(self._rmw(f, h, kb, mutations.add(item, new_abs)))
 
         def up(h: Node) -> bool:
             if self._call(h, "add", kb, item, expire):
@@ -616,14 +617,22 @@ class Client:
 
         def down(f: Node, h: Node) -> bool:
             new_abs = copies.absolute_expiry(expire, self._clock.time())
-            return bool(self._rmw(f, h, kb, lambda kind, cur, a: (
-                (True, item, new_abs) if kind is Kind.VALUE else (False, None, 0))))
+            return bool(self._rmw(f, h, kb, mutations.replace(item, new_abs)))
 
         return bool(self._store(
             kb, noreply, lambda h: self._call(h, "replace", kb, item, expire), down))
 
     def _concat(self, key: str | bytes, value: Any, noreply: bool | None, method: str) -> bool:
         kb = self._key(key)
+        data = self._concat_data(kb, value, method)
+
+        def down(f: Node, h: Node) -> bool:
+            return bool(self._rmw(f, h, kb, self._concat_mutation(kb, data, method)))
+
+        return bool(self._store(kb, noreply, lambda h: self._call(h, method, kb, data), down))
+
+    def _concat_data(self, kb: bytes, value: Any, method: str) -> bytes:
+        """The bytes ``append``/``prepend`` send, checked against the item limit first."""
         if isinstance(value, str):
             data = value.encode("utf-8")
         elif isinstance(value, bytes):
@@ -635,17 +644,11 @@ class Client:
                 f"{method} of {len(data)} bytes cannot fit the {self._max_item_size}-byte item "
                 f"limit (key and overhead included)", key=kb, size=len(data),
                 limit=self._max_item_size)
+        return data
 
-        def down(f: Node, h: Node) -> bool:
-            def mutate(kind: Kind | None, cur: Item, a: int) -> tuple[Any, Item | None, int]:
-                if kind is not Kind.VALUE:
-                    return False, None, 0
-                joined = cur[0] + data if method == "append" else data + cur[0]
-                self._serialize(kb, joined, cur[1])  # size check
-                return True, (joined, cur[1]), a
-            return bool(self._rmw(f, h, kb, mutate))
-
-        return bool(self._store(kb, noreply, lambda h: self._call(h, method, kb, data), down))
+    def _concat_mutation(self, kb: bytes, data: bytes, method: str) -> mutations.Mutation:
+        return mutations.concat(data, method == "append",
+                                lambda joined, flags: self._serialize(kb, joined, flags))
 
     def append(self, key: str | bytes, value: Any, expire: int = 0,
                noreply: bool | None = None, flags: int | None = None) -> bool:
@@ -697,23 +700,12 @@ class Client:
                                 lambda f, h: self._write_tombstone(f, h, kb)))
 
     def _arith(self, key: str | bytes, value: int, incr: bool) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
-            raise ValueError(f"incr/decr amount must be an int in 0..2**64-1, got {value!r}")
+        mutations.check_delta(value)
         kb = self._key(key)
         method = "incr" if incr else "decr"
 
         def down(f: Node, h: Node) -> int | None:
-            def mutate(kind: Kind | None, cur: Item, a: int) -> tuple[Any, Item | None, int]:
-                if kind is not Kind.VALUE:
-                    return None, None, 0
-                try:
-                    n = int(cur[0])
-                except ValueError:
-                    raise ServerError("cannot increment or decrement non-numeric value",
-                                      node=f, key=kb) from None
-                n = (n + value) % (1 << 64) if incr else max(0, n - value)
-                return n, (str(n).encode(), cur[1]), a
-            result: int | None = self._rmw(f, h, kb, mutate)
+            result: int | None = self._rmw(f, h, kb, mutations.arith(value, incr))
             return result
 
         def warm(h: Node, f: Node) -> int | None:
@@ -740,8 +732,7 @@ class Client:
 
         def down(f: Node, h: Node) -> bool:
             new_abs = copies.absolute_expiry(expire, self._clock.time())
-            return bool(self._rmw(f, h, kb, lambda kind, cur, a: (
-                (True, cur, new_abs) if kind is Kind.VALUE else (False, None, 0))))
+            return bool(self._rmw(f, h, kb, mutations.retouch(new_abs)))
 
         return bool(self._store(kb, noreply, lambda h: self._call(h, "touch", kb, expire), down))
 
