@@ -11,10 +11,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
 from types import TracebackType
+
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheError
 
 from memring.errors import MemringError
 from memring.hashring.node import Node
@@ -47,21 +51,14 @@ class _PortTaken(MemringError):
     """Another process holds the port memcached was to listen on."""
 
 
-def _stats_pid(address: tuple[str, int]) -> int | None:
+def _stats_pid(address: tuple[str, int], tls_context: ssl.SSLContext | None = None) -> int | None:
     """The PID that the server listening on ``address`` reports in ``stats``."""
-    with socket.create_connection(address, timeout=0.5) as s:
-        s.settimeout(0.5)
-        s.sendall(b"stats\r\n")
-        reply = b""
-        while not reply.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    for line in reply.split(b"\r\n"):
-        if line.startswith(b"STAT pid "):
-            return int(line.split()[2])
-    return None
+    client = Client(address, connect_timeout=0.5, timeout=0.5, tls_context=tls_context)
+    try:
+        pid = client.stats().get(b"pid")
+    finally:
+        client.close()
+    return int(pid) if pid is not None else None
 
 
 def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
@@ -98,6 +95,7 @@ class MemcachedProcess:
         threads: int = 2,
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.binary = find_memcached(binary)
         self.host = host
@@ -106,6 +104,8 @@ class MemcachedProcess:
         self.memory_mb = memory_mb
         self.threads = threads
         self.extra_args = list(extra_args)
+        #: For a TLS-only server (``-Z``): how the readiness check connects.
+        self.tls_context = tls_context
         self._proc: subprocess.Popen[bytes] | None = None
         self.hung = False
 
@@ -171,9 +171,9 @@ class MemcachedProcess:
                     raise _PortTaken(err)
                 raise MemringError(f"memcached on {self.host}:{self.port} exited: {err.strip()}")
             try:
-                if _stats_pid(self.address) == proc.pid:
+                if _stats_pid(self.address, self.tls_context) == proc.pid:
                     return
-            except (OSError, ValueError):
+            except (OSError, ValueError, MemcacheError):
                 pass
             time.sleep(0.01)
         self.kill()

@@ -10,17 +10,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import shutil
-import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from memring import BackupClient, Client, Failover, MemringError, NodeUnavailable, Timeouts
-from memring.server import MemcachedProcess, find_memcached, free_port
+from memring.server import MemcachedProcess, find_memcached
 from memring.sessions import SessionStore
 
 pytestmark = pytest.mark.integration
@@ -89,56 +87,11 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
-class TLSMemcachedProcess(MemcachedProcess):
-    """A memcached whose port speaks TLS only; its readiness probe speaks TLS too.
-
-    MemcachedProcess.start() waits for a plain-text ``stats`` that reports
-    the process's PID, which a ``-Z`` server never answers; this start()
-    asks the same question over TLS. Stopping is MemcachedProcess's: by PID.
-    """
-
-    def __init__(self, certificate: tuple[Path, Path], context: ssl.SSLContext) -> None:
-        cert, key = certificate
-        super().__init__(extra_args=["-Z", "-o", f"ssl_chain_cert={cert},ssl_key={key}"])
-        self.context = context
-
-    def start(self, timeout: float = 5.0) -> TLSMemcachedProcess:
-        for _ in range(5):  # a port picked free a moment ago may be taken meanwhile
-            self._proc = proc = subprocess.Popen(
-                self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and proc.poll() is None:
-                if self._stats_pid() == proc.pid:
-                    return self
-                time.sleep(0.02)
-            err = b""
-            if proc.poll() is not None and proc.stderr is not None:
-                err = proc.stderr.read()
-            self.kill()
-            if b"in use" not in err:
-                raise MemringError(f"TLS memcached on port {self.port} did not start: "
-                                   f"{err.decode(errors='replace').strip()}")
-            self.port = free_port(self.host)
-        raise MemringError("no free port for a TLS memcached")
-
-    def _stats_pid(self) -> int | None:
-        try:
-            with socket.create_connection(self.address, timeout=0.5) as raw, \
-                    self.context.wrap_socket(raw, server_hostname=self.host) as s:
-                s.sendall(b"stats\r\n")
-                reply = b""
-                while not reply.endswith(b"END\r\n"):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    reply += chunk
-        except OSError:  # not listening yet (ssl.SSLError is an OSError too)
-            return None
-        for line in reply.split(b"\r\n"):
-            if line.startswith(b"STAT pid "):
-                return int(line.split()[2])
-        return None
+def tls_process(certificate: tuple[Path, Path], context: ssl.SSLContext) -> MemcachedProcess:
+    """A memcached whose port speaks TLS only (its readiness check speaks TLS too)."""
+    cert, key = certificate
+    return MemcachedProcess(extra_args=["-Z", "-o", f"ssl_chain_cert={cert},ssl_key={key}"],
+                            tls_context=context)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +105,7 @@ def trusted(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 @pytest.fixture(scope="module")
 def tls_servers(certificate: tuple[Path, Path], trusted: ssl.SSLContext) -> Iterator[list[str]]:
     """Two TLS-only memcached processes, as "host:port" strings."""
-    procs = [TLSMemcachedProcess(certificate, trusted) for _ in range(2)]
+    procs = [tls_process(certificate, trusted) for _ in range(2)]
     try:
         for p in procs:
             p.start()
