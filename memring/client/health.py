@@ -33,6 +33,8 @@ __all__ = ["Clock", "HealthMonitor", "NodeState", "NodeStatus", "SystemClock"]
 
 log = logging.getLogger("memring")
 
+#: A down node must answer two probes this many seconds apart to come back.
+_RETURN_GRACE = 0.25
 #: A memcached process reports an uptime of about 2 s right after it starts.
 _UPTIME_AT_START = 3.0
 
@@ -75,7 +77,7 @@ class NodeStatus:
 
 class _Health:
     __slots__ = (
-        "checking",
+        "answered_at", "checking",
         "down_at", "errors", "failovers", "failures", "last_error", "lock", "next_down_call_at",
         "next_probe_at", "node", "ops", "pid", "probe_attempt", "restarted", "state",
         "state_changes", "timeouts", "uptime", "warm_until",
@@ -97,6 +99,7 @@ class _Health:
         self.restarted: bool | None = None
         self.ops = self.errors = self.timeouts = self.failovers = self.state_changes = 0
         self.checking = False
+        self.answered_at: float | None = None
 
 
 class HealthMonitor:
@@ -169,6 +172,7 @@ class HealthMonitor:
             if h.state is not NodeState.DOWN and h.failures >= self._policy.failure_threshold:
                 now = self._clock.monotonic()
                 h.down_at = now
+                h.answered_at = None
                 h.probe_attempt = 0
                 h.next_probe_at = now + self._policy.delay(0, self._rng)
                 h.next_down_call_at = now  # at once: hints kept from a failed handoff
@@ -204,6 +208,7 @@ class HealthMonitor:
         except MemringError as exc:
             with h.lock:
                 h.probe_attempt += 1
+                h.answered_at = None
                 h.last_error = str(exc)
                 h.next_probe_at = self._clock.monotonic() + self._policy.delay(
                     h.probe_attempt, self._rng)
@@ -215,6 +220,15 @@ class HealthMonitor:
             if h.state is not NodeState.DOWN:
                 return True
             now = self._clock.monotonic()
+            if h.answered_at is None or now - h.answered_at < _RETURN_GRACE:
+                # A node that hung applies the commands still in its sockets'
+                # buffers as soon as it runs again. Let it finish them, and
+                # answer once more, before anything is settled on it.
+                if h.answered_at is None:
+                    h.answered_at = now
+                h.next_probe_at = h.answered_at + _RETURN_GRACE
+                return False
+            h.answered_at = None
             down_for = now - h.down_at
             if h.pid is not None and pid is not None:
                 restarted: bool | None = pid != h.pid

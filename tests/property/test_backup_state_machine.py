@@ -460,7 +460,7 @@ def test_warming_restarted_node_answers_when_its_partner_lost_the_key() -> None:
     for c in (a, b):
         c.stats()  # both see n3 down
     cluster[n3].restart()
-    tick(clock, [a, b], BACKOFF_INITIAL)
+    tick(clock, [a, b], BACKOFF_INITIAL + 1.0)  # two answers to come back
     assert all(c._health.state(n3) is NodeState.WARMING for c in (a, b))
     for k in keys:
         assert a.set(k, "after") is True

@@ -544,7 +544,12 @@ def test_node_returning_during_an_outage_write_still_gets_it_settled(op: str) ->
     a.get(key)  # times out: home is down for a
     cluster[home].resume()
     f = a.ring.nodes_for(key, 2)[1]
-    cluster[f].before("set", lambda: a._health.probe(home), key=key.encode())
+    def comes_back() -> None:  # two answers, the grace apart
+        a._health.probe(home)
+        clock.advance(1.0)
+        a._health.probe(home)
+
+    cluster[f].before("set", comes_back, key=key.encode())
     if op == "set":
         a.set(key, "new")
     else:
