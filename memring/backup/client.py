@@ -126,8 +126,12 @@ class BackupClient(Client):
         """The nodes that hold ``key`` now, in read order."""
         return self._read_order(self._owners(self._key(key)))
 
-    def _owners(self, kb: bytes) -> list[Node]:
-        pair = self._ring.nodes_for(kb, 2)
+    def _owners(self, kb: bytes, home: list[Node] | None = None) -> list[Node]:
+        """The first two nodes of ``kb``'s preference list that are not down.
+
+        ``home`` (``nodes_for(kb, 2)``) may be passed by a caller that has it.
+        """
+        pair = home or self._home_pair(kb)
         is_down = self._health.is_down
         if not is_down(pair[0]) and not is_down(pair[1]):
             return pair
@@ -164,13 +168,12 @@ class BackupClient(Client):
                 return node
         return None
 
-    def _to_clear(self, kb: bytes, owners: list[Node]) -> Node | None:
+    def _to_clear(self, kb: bytes, owners: list[Node], home: list[Node]) -> Node | None:
         """The stand-in whose copy of ``kb`` a write must remove, if any.
 
         While a home node is warming, the stand-in may still hold a copy
         written during its outage; a write to the home pair supersedes it.
         """
-        home = self._home_pair(kb)
         state = self._health.state
         if not any(state(n) is NodeState.WARMING for n in home):
             return None
@@ -178,8 +181,8 @@ class BackupClient(Client):
             return None  # the stand-in is an owner: the write itself goes there
         return self._stand_in(kb)
 
-    def _hint_down_homes(self, kb: bytes) -> None:
-        for node in self._home_pair(kb):
+    def _hint_down_homes(self, kb: bytes, home: list[Node]) -> None:
+        for node in home:
             if self._health.is_down(node):
                 self._hint(node, kb)
 
@@ -195,10 +198,10 @@ class BackupClient(Client):
 
     # -- writes ----------------------------------------------------------
     def _write_calls(self, kb: bytes, nodes: Iterable[Node], item: Item,
-                     abs_expiry: int) -> list[Call]:
+                     abs_expiry: int, home: list[Node] | None = None) -> list[Call]:
         """One ``set`` per node; a stand-in gets a copy capped at ``failover_ttl``."""
         now = self._clock.time()
-        home = self._home_pair(kb)
+        home = home or self._home_pair(kb)
         ttl = self._failover.failover_ttl
         calls: list[Call] = []
         for node in nodes:
@@ -219,13 +222,14 @@ class BackupClient(Client):
         An owner that turns out to be down is replaced by the next live node.
         """
         stored = set(done)
+        home = self._home_pair(kb)
         for _ in range(len(self._ring) + 1):
-            owners = self._owners(kb)
+            owners = self._owners(kb, home)
             todo = [n for n in owners if n not in stored]
             if not todo:
                 break
-            calls = self._write_calls(kb, todo, item, abs_expiry)
-            clear = self._to_clear(kb, owners)
+            calls = self._write_calls(kb, todo, item, abs_expiry, home)
+            clear = self._to_clear(kb, owners, home)
             extra: list[Call] = [] if clear is None else [(clear, "delete", (kb,))]
             results = self._fan_out(calls + extra)
             error: MemringError | None = None
@@ -244,7 +248,7 @@ class BackupClient(Client):
             raise ClusterError(f"could not store {kb!r}: nodes keep failing")
         if degraded:
             self._counters["degraded_writes"] += 1
-        self._hint_down_homes(kb)
+        self._hint_down_homes(kb, home)
         return True
 
     def _set_item(self, kb: bytes, item: Item, expire: int, noreply: bool | None) -> bool:
@@ -575,22 +579,19 @@ class BackupClient(Client):
 
     def set_many(self, values: Mapping[str | bytes, Any], expire: int = 0,
                  noreply: bool | None = None, flags: int | None = None) -> list[Any]:
-        by_kb: dict[bytes, Any] = {}
-        items: dict[bytes, Item] = {}
-        for key, value in values.items():  # every check before any I/O
-            kb = self._key(key)
-            by_kb[kb] = key
-            items[kb] = self._serialize(kb, value, flags)
+        by_kb, items = self._serialize_many(values, flags)
         abs_expiry = copies.absolute_expiry(_check_expire(expire), self._clock.time())
         # One set_many per node (and expiry), all nodes at once.
         per_key: dict[bytes, list[Node]] = {}
         batches: dict[tuple[Node, int], dict[bytes, Item]] = defaultdict(dict)
         clears: dict[Node, list[bytes]] = defaultdict(list)
         for kb, item in items.items():
-            owners = per_key[kb] = self._owners(kb)
-            for node, _, (_, stored, rel) in self._write_calls(kb, owners, item, abs_expiry):
+            home = self._home_pair(kb)
+            owners = per_key[kb] = self._owners(kb, home)
+            for node, _, (_, stored, rel) in self._write_calls(kb, owners, item, abs_expiry,
+                                                               home):
                 batches[(node, rel)][kb] = stored
-            clear = self._to_clear(kb, owners)
+            clear = self._to_clear(kb, owners, home)
             if clear is not None:
                 clears[clear].append(kb)
         calls: list[Call] = [(node, "set_many", (batch, rel))
@@ -609,7 +610,7 @@ class BackupClient(Client):
             results = [outcome[(node, kb)] for node in owners]
             done = {node for node, r in zip(owners, results, strict=True) if r is True}
             if len(done) == len(owners):
-                self._hint_down_homes(kb)
+                self._hint_down_homes(kb, self._home_pair(kb))
                 continue
             if any(r is False for r in results):
                 not_stored.append(by_kb[kb])

@@ -886,15 +886,24 @@ class Client:
         result: dict[Any, tuple[Any, Any]] = self._finish_many("gets_many", out, failed, by_kb)
         return result
 
-    def set_many(self, values: Mapping[str | bytes, Any], expire: int = 0,
-                 noreply: bool | None = None, flags: int | None = None) -> list[Any]:
-        """Store many values; returns the keys that failed to store (empty on success)."""
+    def _serialize_many(self, values: Mapping[str | bytes, Any], flags: int | None
+                        ) -> tuple[dict[bytes, Any], dict[bytes, Item]]:
+        """Wire keys (mapped to the caller's keys) and items of a multi-key write.
+
+        Every key and value is checked before any I/O, so a bad one writes nothing.
+        """
         by_kb: dict[bytes, Any] = {}
         items: dict[bytes, Item] = {}
-        for key, value in values.items():  # every check before any I/O
+        for key, value in values.items():
             kb = self._key(key)
             by_kb[kb] = key
             items[kb] = self._serialize(kb, value, flags)
+        return by_kb, items
+
+    def set_many(self, values: Mapping[str | bytes, Any], expire: int = 0,
+                 noreply: bool | None = None, flags: int | None = None) -> list[Any]:
+        """Store many values; returns the keys that failed to store (empty on success)."""
+        by_kb, items = self._serialize_many(values, flags)
         expire = _check_expire(expire)
         groups, other = self._group(items)
         not_stored: list[Any] = []
