@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from memring import Node
+from memring import Client, Node
 from memring.errors import NodeTimeout, NodeUnavailable, ServerError
 
 __all__ = ["FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport"]
@@ -472,3 +472,14 @@ class FakeCluster:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+
+def tick(clock: FakeClock, clients: Sequence[Client], seconds: float, step: float) -> None:
+    """Let ``seconds`` pass in steps of ``step``, every client running its due probes
+    after each step, as its background prober would."""
+    while seconds > 1e-9:
+        dt = min(step, seconds)
+        clock.advance(dt)
+        seconds -= dt
+        for c in clients:
+            c._health.probe_due()

@@ -25,6 +25,7 @@ that is back but still warming may be hit by the next fault).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -32,9 +33,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from memring import BackupClient, Failover, HashRing, HealthPolicy, Node
+from memring import BackupClient, Client, Failover, HashRing, HealthPolicy, Node
 from memring.client.health import NodeState
 from tests.fakes import FakeClock, FakeCluster
+from tests.fakes import tick as fakes_tick
 
 FAILOVER_TTL = 10
 BACKOFF_INITIAL = 1.0
@@ -82,14 +84,8 @@ KEYS_OF = {n: [k for (p, b), ks in _KEYS_BY_PAIR.items() if n in (p, b) for k in
            for n in _NODES}
 
 
-def tick(clock: FakeClock, clients: list[BackupClient], seconds: float) -> None:
-    """Let ``seconds`` pass in small steps, every client running its due probes after each."""
-    while seconds > 1e-9:
-        step = min(TICK, seconds)
-        clock.advance(step)
-        seconds -= step
-        for c in clients:
-            c._health.probe_due()
+def tick(clock: FakeClock, clients: Sequence[Client], seconds: float) -> None:
+    fakes_tick(clock, clients, seconds, TICK)
 
 
 @dataclass

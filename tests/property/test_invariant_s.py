@@ -32,6 +32,7 @@ same key at once.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -48,6 +49,7 @@ from hypothesis.stateful import (
 from memring import Client, Failover, HashRing, HealthPolicy, MemringError, MultiKeyError, Node
 from memring.client.health import NodeState
 from tests.fakes import FakeClock, FakeCluster
+from tests.fakes import tick as fakes_tick
 
 FAILOVER_TTL = 6
 BACKOFF_INITIAL = 1.0
@@ -89,14 +91,8 @@ def keys_by_node(nodes: list[Node], per_node: int) -> dict[Node, list[str]]:
     raise AssertionError("unreachable")
 
 
-def tick(clock: FakeClock, clients: list[Client], seconds: float) -> None:
-    """Let ``seconds`` pass in small steps, every client running its due probes after each."""
-    while seconds > 1e-9:
-        step = min(TICK, seconds)
-        clock.advance(step)
-        seconds -= step
-        for c in clients:
-            c._health.probe_due()
+def tick(clock: FakeClock, clients: Sequence[Client], seconds: float) -> None:
+    fakes_tick(clock, clients, seconds, TICK)
 
 
 _NODES = [Node(f"10.0.0.{i + 1}", 11211) for i in range(NODES)]
