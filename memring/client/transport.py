@@ -28,7 +28,8 @@ from memring.client.policies import Timeouts
 from memring.errors import NodeTimeout, NodeUnavailable, ServerError
 from memring.hashring.node import Node
 
-__all__ = ["Item", "NodeTransport", "PymemcacheTransport", "translate_errors"]
+__all__ = ["Item", "NodeTransport", "PymemcacheTransport", "RawSerde", "raw_serde",
+           "translate_errors"]
 
 #: A raw stored value: the bytes and the 32-bit flags.
 Item = tuple[bytes, int]
@@ -91,8 +92,12 @@ def translate_errors(node: Node, key: object = None) -> Iterator[None]:
 _STALE = (MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError)
 
 
-class _RawSerde:
-    """Hands ``(bytes, flags)`` items through pymemcache untouched."""
+class RawSerde:
+    """A pymemcache serde that hands ``(bytes, flags)`` items through untouched.
+
+    The transport stores items this way; a plain pymemcache client given it
+    shows what a node really holds (tests and tools use it so).
+    """
 
     @staticmethod
     def serialize(key: bytes, value: Item) -> Item:
@@ -103,7 +108,7 @@ class _RawSerde:
         return (value, flags)
 
 
-_RAW = _RawSerde()
+raw_serde = RawSerde()
 
 
 class PymemcacheTransport:
@@ -131,7 +136,7 @@ class PymemcacheTransport:
         self.on_reconnect: Callable[[Node], None] | None = None
         self._pool = PooledClient(
             node.address,
-            serde=_RAW,
+            serde=raw_serde,
             connect_timeout=timeouts.connect,
             timeout=timeouts.read,
             no_delay=True,

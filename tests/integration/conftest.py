@@ -28,6 +28,7 @@ import pytest
 from pymemcache.client.base import Client as PymemcacheClient
 
 from memring import Client, HealthPolicy, Node, Timeouts
+from memring.client.transport import raw_serde
 from memring.server import LocalCluster, MemcachedNotFound, find_memcached
 
 #: Timeouts small enough that a hung node costs a test little.
@@ -36,17 +37,6 @@ FAST_TIMEOUTS = Timeouts(connect=0.2, read=0.3)
 FAST_HEALTH = HealthPolicy(backoff_initial=0.1, backoff_max=0.5)
 NODES = 4
 
-
-class RawSerde:
-    """Stores ``(bytes, flags)`` items and reads them back as such."""
-
-    @staticmethod
-    def serialize(key: bytes, value: tuple[bytes, int]) -> tuple[bytes, int]:
-        return value
-
-    @staticmethod
-    def deserialize(key: bytes, value: bytes, flags: int) -> tuple[bytes, int]:
-        return (value, flags)
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +117,7 @@ def raw() -> Iterator[Callable[[Node], PymemcacheClient]]:
 
     def make(node: Node) -> PymemcacheClient:
         if node not in made:
-            made[node] = PymemcacheClient(node.address, serde=RawSerde(), connect_timeout=1.0,
+            made[node] = PymemcacheClient(node.address, serde=raw_serde, connect_timeout=1.0,
                                           timeout=1.0, default_noreply=False)
         return made[node]
 

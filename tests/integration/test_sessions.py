@@ -12,6 +12,7 @@ from pymemcache.client.base import Client as PymemcacheClient
 from pymemcache.serde import FLAG_TEXT, pickle_serde
 
 from memring import BackupClient, Client, HealthPolicy, Timeouts
+from memring.client.transport import raw_serde
 from memring.server import LocalCluster
 from memring.sessions import ENVIRON_KEY, Session, SessionMiddleware, SessionStore
 
@@ -43,23 +44,12 @@ def must_load(store: SessionStore, sid: str) -> Session:
     return session
 
 
-class RawSerde:
-    """Reads items back as (bytes, flags), untouched."""
-
-    @staticmethod
-    def serialize(key: bytes, value: tuple[bytes, int]) -> tuple[bytes, int]:
-        return value
-
-    @staticmethod
-    def deserialize(key: bytes, value: bytes, flags: int) -> tuple[bytes, int]:
-        return (value, flags)
-
 
 def raw_get(cluster: LocalCluster, key: str) -> list[tuple[bytes, int]]:
     """What every node holds under ``key``, as (bytes, flags)."""
     found = []
     for p in cluster.processes:
-        c = PymemcacheClient(p.address, connect_timeout=1, timeout=1, serde=RawSerde())
+        c = PymemcacheClient(p.address, connect_timeout=1, timeout=1, serde=raw_serde)
         try:
             got = c.get(key)
         finally:
