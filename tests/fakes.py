@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memring import Client, Node
+from memring.client.transport import Ready
 from memring.errors import NodeTimeout, NodeUnavailable, ServerError
 
 __all__ = ["FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport"]
@@ -444,6 +445,10 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def send(self, method: str, *args: Any) -> Ready:
+        """The call, made now (the fake server answers at once)."""
+        return Ready.of(getattr(self, method), *args)
 
 
 class FakeCluster:
