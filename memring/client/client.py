@@ -31,15 +31,15 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from memring.client import copies, defaults, mutations
 from memring.client.copies import Kind
 from memring.client.health import Clock, HealthMonitor, NodeState, NodeStatus, SystemClock
-from memring.client.keys import encode_key
+from memring.client.keys import encode_key, encode_keys
 from memring.client.policies import Failover, HealthPolicy, Timeouts
 from memring.client.serde import RESERVED_FLAGS, Serde, safe_serde
 from memring.client.transport import Item, NodeTransport, PymemcacheTransport
@@ -48,6 +48,7 @@ from memring.errors import (
     ConfigError,
     MemringError,
     MultiKeyError,
+    NodeTimeout,
     NodeUnavailable,
     SerializationError,
     ServerError,
@@ -188,8 +189,6 @@ class Client:
         self._hints: dict[Node, dict[bytes, None]] = defaultdict(dict)
         self._hints_lock = threading.Lock()
         self._counters: dict[str, int] = defaultdict(int)
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
         self._closed = False
 
     # ------------------------------------------------------------------
@@ -266,6 +265,19 @@ class Client:
             if kind is not Kind.VALUE:
                 return default
         return self._serde.deserialize(self._unprefix(kb), item[0], item[1])
+
+    def _collect(self, got: Mapping[bytes, Item], by_kb: Mapping[bytes, Any],
+                 out: dict[Any, Any]) -> None:
+        """Add one node's ``get_many`` reply to ``out``, deserialized, keyed as the caller's."""
+        deserialize, cut = self._serde.deserialize, len(self._prefix)
+        for kb, item in got.items():
+            if item[1] & copies.MARKER_FLAGS:
+                value = self._deserialize(kb, item, _MISSING)
+                if value is _MISSING:
+                    continue
+            else:
+                value = deserialize(kb[cut:], item[0], item[1])
+            out[by_kb[kb]] = value
 
     def _unprefix(self, kb: bytes) -> bytes:
         return kb[len(self._prefix):] if self._prefix else kb
@@ -738,47 +750,38 @@ class Client:
 
     # ------------------------------------------------------------------
     # multi-key API: keys grouped by node, nodes called concurrently
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            with self._executor_lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        max_workers=min(32, 2 * len(self._ring) + 2),
-                        thread_name_prefix="memring")
-        return self._executor
-
     def _fan_out(self, calls: Sequence[tuple[Node, str, tuple[Any, ...]]]) -> list[Any]:
-        """Run ``(node, method, args)`` calls concurrently; each result or its error."""
-        def one(call: tuple[Node, str, tuple[Any, ...]]) -> Any:
-            node, method, args = call
+        """Run ``(node, method, args)`` calls on their nodes at once; each result or its error.
+
+        Every request is written before any reply is read, so the nodes work
+        concurrently while this thread waits for the first reply. Once one
+        node has timed out, the others are not waited for beyond the same
+        deadline: a call waits at most one read timeout for all its nodes.
+        """
+        start = time.monotonic()
+        replies = [self._transports[node].send(method, *args) for node, method, args in calls]
+        out: list[Any] = []
+        deadline: float | None = None
+        for (node, _, _), reply in zip(calls, replies, strict=True):
             try:
-                return self._call(node, method, *args)
+                result = reply.result(None if deadline is None else deadline - time.monotonic())
             except MemringError as exc:
-                return exc
-        if not calls:  # e.g. every key's home is down or warming
-            return []
-        if len(calls) == 1:
-            return [one(calls[0])]
-        pool = self._pool()
-        futures = [pool.submit(one, c) for c in calls[1:]]
-        first = one(calls[0])  # the calling thread does one share itself
-        return [first] + [f.result() for f in futures]
+                self._health.record_failure(node, exc)
+                if isinstance(exc, NodeTimeout):
+                    deadline = start + self._timeouts.read
+                out.append(exc)
+                continue
+            self._health.record_success(node)
+            out.append(result)
+        return out
 
     def _group(self, kbs: Iterable[bytes]) -> tuple[dict[Node, list[bytes]], list[bytes]]:
         """Keys whose home is up, by node; and the keys that need the failover path."""
-        groups: dict[Node, list[bytes]] = defaultdict(list)
+        groups = self._ring.group(kbs)
+        state = self._health.state
         other: list[bytes] = []
-        node_for, state = self._ring.node_for, self._health.state
-        up: dict[Node, bool] = {}  # each home's state, read once per call
-        for kb in kbs:
-            home = node_for(kb)
-            is_up = up.get(home)
-            if is_up is None:
-                is_up = up[home] = state(home) is NodeState.UP
-            if is_up:
-                groups[home].append(kb)
-            else:
-                other.append(kb)
+        for node in [n for n in groups if state(n) is not NodeState.UP]:
+            other.extend(groups.pop(node))
         return groups, other
 
     def _group_failure(self, node: Node, exc: MemringError, kbs: list[bytes],
@@ -804,7 +807,7 @@ class Client:
 
     def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, Any]:
         """The values of ``keys`` that have one, as a dict keyed like ``keys``."""
-        by_kb = {self._key(k): k for k in keys}
+        by_kb = encode_keys(keys, self._prefix)
         if not by_kb:
             return {}
         groups, other = self._group(by_kb)
@@ -814,11 +817,8 @@ class Client:
         for (node, _, (kbs,)), got in zip(calls, self._fan_out(calls), strict=True):
             if isinstance(got, MemringError):
                 self._group_failure(node, got, kbs, other, failed)
-                continue
-            for kb, item in got.items():
-                value = self._deserialize(kb, item, _MISSING)
-                if value is not _MISSING:
-                    out[by_kb[kb]] = value
+            else:
+                self._collect(got, by_kb, out)
         if other:
             self._get_failed_over(other, by_kb, out, failed)
         result: dict[Any, Any] = self._finish_many("get_many", out, failed, by_kb)
@@ -845,10 +845,7 @@ class Client:
             if isinstance(got, MemringError):
                 slow.extend(batch)  # the failover node failed too: let get() walk on
                 continue
-            for kb in batch:
-                value = self._deserialize(kb, got.get(kb), _MISSING)
-                if value is not _MISSING:
-                    out[by_kb[kb]] = value
+            self._collect(got, by_kb, out)
         for kb in slow:
             try:
                 value = self.get(by_kb[kb], _MISSING)
@@ -862,7 +859,7 @@ class Client:
 
     def gets_many(self, keys: Iterable[str | bytes]) -> dict[Any, tuple[Any, Any]]:
         """``{key: (value, cas_token)}`` for the keys that have a value."""
-        by_kb = {self._key(k): k for k in keys}
+        by_kb = encode_keys(keys, self._prefix)
         groups, other = self._group(by_kb)
         out: dict[Any, tuple[Any, Any]] = {}
         failed: dict[bytes, Exception] = {}
@@ -929,7 +926,7 @@ class Client:
 
     def delete_many(self, keys: Iterable[str | bytes], noreply: bool | None = None) -> bool:
         """Delete many keys. Returns True (as pymemcache does) unless a node failed."""
-        by_kb = {self._key(k): k for k in keys}
+        by_kb = encode_keys(keys, self._prefix)
         groups, other = self._group(by_kb)
         failed: dict[bytes, Exception] = {}
         calls = [(node, "delete_many", (kbs,)) for node, kbs in groups.items()]
@@ -986,8 +983,6 @@ class Client:
         """Stop the prober, close every connection. Idempotent."""
         self._closed = True
         self._health.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
         for t in self._transports.values():
             t.close()
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from memring.client.defaults import MAX_KEY_LENGTH
 from memring.errors import InvalidKey
 
-__all__ = ["encode_key"]
+__all__ = ["encode_key", "encode_keys"]
 
 # Space, every C0 control character and DEL: any of them could end the
 # command line early and let the rest of the key run as a second command.
@@ -41,3 +42,27 @@ def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
     if _FORBIDDEN.search(full):
         raise InvalidKey(f"key contains whitespace or a control character: {key!r}", key=key)
     return full
+
+
+def encode_keys(keys: Iterable[str | bytes], prefix: bytes = b"") -> dict[bytes, str | bytes]:
+    """``{wire form: key}`` for many keys, checked as :func:`encode_key` checks one.
+
+    One scan of all the keys for forbidden bytes instead of one per key (a
+    forbidden byte is a single byte, so joining keys cannot make or hide one).
+    ``prefix`` must be valid on its own. Raises :class:`InvalidKey` for the
+    first bad key.
+
+    >>> encode_keys(["a", b"b"], b"p:")
+    {b'p:a': 'a', b'p:b': b'b'}
+    """
+    out: dict[bytes, str | bytes] = {}
+    longest = MAX_KEY_LENGTH - len(prefix)
+    for key in keys:
+        raw = key.encode("utf-8") if isinstance(key, str) else key
+        if not isinstance(raw, bytes) or not raw or len(raw) > longest:
+            encode_key(key, prefix)  # raises the precise error
+        out[prefix + raw if prefix else raw] = key
+    if _FORBIDDEN.search(b"".join(out)):
+        for key in out.values():
+            encode_key(key, prefix)  # raises for the first bad key
+    return out

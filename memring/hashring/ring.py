@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import mmh3
 from sortedcontainers import SortedList
@@ -18,6 +18,9 @@ from memring.hashring.hashes import (
     murmur3_points,
 )
 from memring.hashring.node import Node, NodeSpec, parse_node
+
+#: A key type the ring hashes: ``str`` or ``bytes``.
+K = TypeVar("K", str, bytes)
 
 __all__ = ["DEFAULT_VNODES", "HashRing"]
 
@@ -200,6 +203,28 @@ class HashRing:
         if owner is None:  # the key's bucket holds a point: bisect
             owner = owners[bisect_left(points, h)]
         return owner
+
+    def group(self, keys: Iterable[K]) -> dict[Node, list[K]]:
+        """``keys`` by the node that owns each, in their order: :meth:`node_for` for many keys.
+
+        Raises :class:`LookupError` on an empty ring.
+        """
+        points, owners, table, shift = self._snapshot
+        if not points:
+            raise LookupError("the ring has no nodes")
+        groups: dict[Node, list[K]] = {}
+        murmur3, key_hash = self._murmur3, self._key_hash
+        for key in keys:
+            h = _hash64(key)[0] & _MASK64 if murmur3 else key_hash(key)
+            owner = table[h >> shift]
+            if owner is None:
+                owner = owners[bisect_left(points, h)]
+            group = groups.get(owner)
+            if group is None:
+                groups[owner] = [key]
+            else:
+                group.append(key)
+        return groups
 
     def nodes_for(self, key: str | bytes, n: int) -> list[Node]:
         """The preference list: the first ``n`` distinct nodes clockwise from ``key``.

@@ -199,6 +199,24 @@ def test_nodes_for_is_distinct_and_starts_at_the_owner(
 
 
 @SETTINGS
+@given(
+    nodes=node_sets,
+    vnodes=vnode_counts,
+    hash_=st.sampled_from(["murmur3", "ketama"]),
+    keys=st.lists(st.text() | st.binary(), max_size=40),
+)
+def test_group_agrees_with_node_for(
+    nodes: list[str], vnodes: int, hash_: str, keys: list[str | bytes]
+) -> None:
+    ring = HashRing(nodes, vnodes=vnodes, hash=hash_)
+    groups = ring.group(keys)
+    assert [k for group in groups.values() for k in group] == sorted(
+        keys, key=lambda k: list(groups).index(ring.node_for(k)))  # stable, by owner
+    for node, group in groups.items():
+        assert group and all(ring.node_for(k) == node for k in group)
+
+
+@SETTINGS
 @given(nodes=node_sets, vnodes=st.integers(1, 50), seed=seeds)
 def test_placement_does_not_depend_on_insertion_order(
     nodes: list[str], vnodes: int, seed: int

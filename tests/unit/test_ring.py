@@ -338,6 +338,8 @@ def test_empty_ring_raises_lookup_error(hash_name: str) -> None:
         ring.node_for("k")
     with pytest.raises(LookupError):
         ring.nodes_for("k", 2)
+    with pytest.raises(LookupError):
+        ring.group(["k"])
 
 
 @pytest.mark.parametrize("hash_name", HASHES)
