@@ -164,6 +164,30 @@ def test_hung_node_fail_bounded_then_immediate_then_back(
     assert m["state_changes"] >= 2
 
 
+def test_two_hung_nodes_cost_one_read_timeout_per_multi_key_call(
+        fresh_cluster, make_client, keys_on, ns) -> None:
+    """The nodes of one call are waited for together, not one timeout after another."""
+    client = make_client(fresh_cluster, failover=Failover("fail"))
+    hung = [fresh_cluster[0], fresh_cluster[1]]
+    live = [keys_on(client, p.node, 3, f"{ns}:{i}") for i, p in enumerate(fresh_cluster)]
+    everything = [k for ks in live for k in ks]
+    assert client.set_many({k: k for k in everything}) == []
+    for p in hung:
+        p.hang()
+    clock = Stopwatch()
+    err = clock.raises("set_many", lambda: client.set_many({k: "new" for k in everything}),
+                       MultiKeyError)
+    assert set(err.failed) == set(live[0] + live[1])
+    assert clock.times[0][1] >= READ_TIMEOUT * 0.9  # it did wait for them...
+    assert clock.times[0][1] <= READ_TIMEOUT + MARGIN, clock.times  # ...together
+    for p in hung:
+        assert client.health()[p.node.label].state is NodeState.DOWN
+    err = clock.raises("get_many", lambda: client.get_many(everything), MultiKeyError)
+    assert err.results == {k: "new" for ks in live[2:] for k in ks}
+    assert set(err.failed) == set(live[0] + live[1])
+    assert clock.times[1][1] < READ_TIMEOUT / 3, clock.times  # down: no wait at all
+
+
 def test_timed_out_connections_are_never_reused(
         fresh_cluster, make_client, keys_on, ns) -> None:
     """After timeouts, late replies must not be read as the answer to other keys."""
