@@ -39,6 +39,25 @@ _TABLE_SPARSITY = 2
 _MAX_TABLE_BITS = 20
 
 
+def _next_other(owners: list[Node]) -> list[Node | None]:
+    """For each entry of ``owners`` (wrap-around entry included), the next other node."""
+    total = len(owners) - 1  # points; owners[total] is the wrap-around entry
+    if total <= 0:
+        return []
+    out: list[Node | None] = [None] * len(owners)
+    nxt_node: Node | None = None
+    nxt_other: Node | None = None
+    for j in range(2 * total - 1, -1, -1):  # twice round, backwards: the first round warms up
+        i = j % total
+        node = owners[i]
+        other = nxt_node if nxt_node is not None and node is not nxt_node else nxt_other
+        if j < total:
+            out[i] = other
+        nxt_node, nxt_other = node, other
+    out[total] = out[0]
+    return out
+
+
 class _Snapshot(NamedTuple):
     """What lookups read; replaced as a whole on every mutation.
 
@@ -47,12 +66,15 @@ class _Snapshot(NamedTuple):
     ``len(table)`` equal buckets by the top bits of the hash
     (``bucket = hash >> shift``); ``table[bucket]`` is the owner of every hash in
     a bucket that holds no point, and ``None`` for a bucket that holds one.
+    ``seconds[i]`` is the first owner after ``owners[i]``, clockwise, that is
+    another node (``None`` on a one-node ring): a key's backup node.
     """
 
     points: list[int]
     owners: list[Node]
     table: list[Node | None]
     shift: int
+    seconds: list[Node | None]
 
 
 def _bucket_table(
@@ -137,7 +159,7 @@ class HashRing:
         self._nodes: dict[Node, None] = {}  # insertion-ordered set
         # Mutable side: (point, tie-break label, node) entries for murmur3 mode.
         self._entries: SortedList = SortedList()
-        self._snapshot = _Snapshot([], [], [], self._hash_bits)
+        self._snapshot = _Snapshot([], [], [], self._hash_bits, [])
         parsed = [parse_node(n) for n in nodes]
         labels = [n.label for n in parsed]
         if len(set(labels)) != len(labels):
@@ -194,7 +216,7 @@ class HashRing:
 
         Raises :class:`LookupError` on an empty ring.
         """
-        points, owners, table, shift = self._snapshot
+        points, owners, table, shift, _ = self._snapshot
         h = _hash64(key)[0] & _MASK64 if self._murmur3 else self._key_hash(key)
         try:
             owner = table[h >> shift]
@@ -209,7 +231,7 @@ class HashRing:
 
         Raises :class:`LookupError` on an empty ring.
         """
-        points, owners, table, shift = self._snapshot
+        points, owners, table, shift, _ = self._snapshot
         if not points:
             raise LookupError("the ring has no nodes")
         groups: dict[Node, list[K]] = {}
@@ -234,16 +256,20 @@ class HashRing:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
-        points, owners, _, _ = self._snapshot
+        points, owners, _, _, seconds = self._snapshot
         total = len(points)
         if not total:
             raise LookupError("the ring has no nodes")
         want = min(n, len(self._nodes))
-        i = bisect_left(points, self._key_hash(key))
+        i = bisect_left(points, _hash64(key)[0] & _MASK64 if self._murmur3 else self._key_hash(key))
+        if want == 2:  # a key's home pair, as the backup client asks for it on every call
+            return [owners[i], seconds[i]]  # type: ignore[list-item]
         out: list[Node] = []
+        seen: set[int] = set()  # by identity: the points hold the ring's own Node objects
         for step in range(total):
             node = owners[(i + step) % total]
-            if node not in out:
+            if id(node) not in seen:
+                seen.add(id(node))
                 out.append(node)
                 if len(out) == want:
                     break
@@ -286,12 +312,12 @@ class HashRing:
             owners = [members[e[1]] for e in entries]
         owners.extend(owners[:1])  # wrap-around entry
         table, shift = _bucket_table(points, owners, self._hash_bits)
-        self._snapshot = _Snapshot(points, owners, table, shift)
+        self._snapshot = _Snapshot(points, owners, table, shift, _next_other(owners))
 
     # -- invariants ------------------------------------------------------
     def _check(self) -> None:
         """Assert every structural invariant (used by the property tests)."""
-        points, owners, table, shift = self._snapshot
+        points, owners, table, shift, _ = self._snapshot
         assert len(owners) == len(points) + (1 if points else 0)
         if points:
             assert owners[-1] == owners[0], "wrap-around entry"
@@ -308,6 +334,15 @@ class HashRing:
             else:
                 assert i == len(points) or points[i] >> shift > bucket, "bucket with a point"
                 assert owner is owners[i], "wrong bucket owner"
+        seconds = self._snapshot.seconds
+        assert len(seconds) == len(owners)
+        if len(self._nodes) < 2:
+            assert all(s is None for s in seconds), "a one-node ring has no next node"
+        for i, second in enumerate(seconds if len(self._nodes) >= 2 else ()):
+            j = (i + 1) % len(points)  # walk clockwise to the first other owner
+            while owners[j] is owners[i]:
+                j = (j + 1) % len(points)
+            assert second is owners[j], "wrong next other node"
         if self._hash == "murmur3":
             self._entries._check()
             assert len(self._entries) == len(points)

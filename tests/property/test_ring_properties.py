@@ -107,6 +107,19 @@ def reference_lookup(ring: HashRing) -> Callable[[str | bytes], Node]:
     return owner
 
 
+def reference_preferences(ring: HashRing, key: str | bytes, n: int) -> list[Node]:
+    """The first ``n`` distinct nodes clockwise from the key's point, rebuilt from scratch."""
+    entries = sorted((p, node.label, node) for node in ring.nodes
+                     for p in murmur3_points(node, ring.vnodes))
+    start = bisect_left([e[0] for e in entries], murmur3_key_hash(key))
+    out: list[Node] = []
+    for step in range(len(entries)):
+        node = entries[(start + step) % len(entries)][2]
+        if node not in out:
+            out.append(node)
+    return out[:n]
+
+
 # -- murmur3: membership changes -------------------------------------------------
 
 
@@ -196,6 +209,7 @@ def test_nodes_for_is_distinct_and_starts_at_the_owner(
         assert len(set(prefs)) == len(prefs)
         assert prefs[0] == ring.node_for(key)
         assert all(p in ring for p in prefs)
+        assert prefs == reference_preferences(ring, key, n)  # n=2 has a shortcut of its own
 
 
 @SETTINGS
