@@ -386,6 +386,10 @@ class FakeTransport:
         self.node = server.node
         self.closed = False
 
+    def get(self, key: bytes) -> Item | None:
+        item: Item | None = self.server.call("get_many", key, [key]).get(key)
+        return item
+
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
         return dict(self.server.call("get_many", list(keys), list(keys)))
 

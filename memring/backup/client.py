@@ -232,18 +232,10 @@ class BackupClient(Client):
             clear = self._to_clear(kb, owners, home)
             extra: list[Call] = [] if clear is None else [(clear, "delete", (kb,))]
             results = self._fan_out(calls + extra)
-            error: MemringError | None = None
-            for (node, _, _), r in zip(calls, results, strict=False):
-                if r is True:
-                    stored.add(node)
-                elif r is False:
-                    return False  # the server refused to store (NOT_STORED)
-                elif isinstance(r, NodeUnavailable) and self._health.is_down(node):
-                    degraded = True
-                elif isinstance(r, MemringError):
-                    error = error or r
-            if error is not None:
-                raise error
+            refused, lost_one = self._tally(calls, results, stored)
+            if refused:
+                return False  # the server refused to store (NOT_STORED)
+            degraded = degraded or lost_one
         else:
             raise ClusterError(f"could not store {kb!r}: nodes keep failing")
         if degraded:
@@ -251,9 +243,52 @@ class BackupClient(Client):
         self._hint_down_homes(kb, home)
         return True
 
+    def _tally(self, calls: list[Call], results: list[Any], stored: set[Node]) -> tuple[bool, bool]:
+        """Add the nodes whose write succeeded to ``stored``; ``(refused, degraded)``.
+
+        ``refused``: a server answered NOT_STORED. ``degraded``: a node
+        turned out to be down. Any other error is raised, unless refused.
+        """
+        refused = degraded = False
+        error: MemringError | None = None
+        for (node, _, _), r in zip(calls, results, strict=False):
+            if r is True:
+                stored.add(node)
+            elif r is False:
+                refused = True
+            elif isinstance(r, NodeUnavailable) and self._health.is_down(node):
+                degraded = True
+            elif isinstance(r, MemringError):
+                error = error or r
+        if error is not None and not refused:
+            raise error
+        return refused, degraded
+
+    def _healthy_pair(self, kb: bytes) -> list[Node] | None:
+        """The key's home pair if both are up (not down, not warming): the common case."""
+        pair = self._home_pair(kb)
+        state = self._health.state
+        if state(pair[0]) is NodeState.UP and state(pair[1]) is NodeState.UP:
+            return pair
+        return None
+
     def _set_item(self, kb: bytes, item: Item, expire: int, noreply: bool | None) -> bool:
-        ok = self._replicate(kb, item, copies.absolute_expiry(expire, self._clock.time()))
-        return True if (noreply or (noreply is None and self._default_noreply)) else ok
+        now = self._clock.time()
+        abs_expiry = copies.absolute_expiry(expire, now)
+        pair = self._healthy_pair(kb)
+        rel = copies.relative_expiry(abs_expiry, now)
+        if pair is None or rel < 0:
+            return bool(self._replied(noreply, self._replicate(kb, item, abs_expiry)))
+        # Both home nodes up: one set on each, at once, and nothing else to do.
+        args = (kb, copies.encode_copy(item, abs_expiry), rel)
+        calls: list[Call] = [(pair[0], "set", args), (pair[1], "set", args)]
+        results = self._fan_out(calls)
+        if results[0] is True and results[1] is True:
+            return bool(self._replied(noreply, True))
+        stored: set[Node] = set()
+        refused, degraded = self._tally(calls, results, stored)
+        ok = not refused and self._replicate(kb, item, abs_expiry, stored, degraded)
+        return bool(self._replied(noreply, ok))
 
     def delete(self, key: str | bytes, noreply: bool | None = None) -> bool:
         kb = self._key(key)
@@ -264,14 +299,37 @@ class BackupClient(Client):
     # -- reads -----------------------------------------------------------
     def _read(self, kb: bytes, repair: bool = True) -> Item | None:
         """The key's plain item, from the primary, else the backup (repairing the primary)."""
+        pair = self._healthy_pair(kb)
+        if pair is not None:  # the common case: the primary, and nothing else on a hit
+            try:
+                got = self._call(pair[0], "get", kb)
+            except NodeUnavailable as exc:
+                if exc.node is None or not self._health.is_down(exc.node):
+                    raise
+            else:
+                if got is not None:
+                    kind, plain, _ = copies.decode(got, self._clock.time())
+                    if kind is Kind.VALUE:
+                        return plain
+                try:  # a miss: ask the backup, with the primary's reply in hand
+                    return self._read_from(kb, pair, repair, got)
+                except NodeUnavailable as exc:
+                    if exc.node is None or not self._health.is_down(exc.node):
+                        raise
         return self._retrying(
             lambda: self._read_from(kb, self._read_plan(kb, self._owners(kb)), repair))
 
-    def _read_from(self, kb: bytes, order: list[Node], repair: bool) -> Item | None:
+    def _read_from(self, kb: bytes, order: list[Node], repair: bool,
+                   got: Any = _MISSING) -> Item | None:
+        """Read ``kb`` from ``order[0]``, else from the other home node.
+
+        ``got``: ``order[0]``'s reply, if the caller already has it.
+        """
         now = self._clock.time()
         home = self._home_pair(kb)
         first = order[0]
-        got = self._call(first, "get_many", [kb]).get(kb)
+        if got is _MISSING:
+            got = self._call(first, "get", kb)
         if got is not None:
             kind, plain, abs_expiry = copies.decode(got, now)
             if kind is Kind.VALUE:
@@ -287,7 +345,7 @@ class BackupClient(Client):
         second = next((n for n in order[1:] if n in home and self._trusted(n)), None)
         if second is None:
             return None
-        got = self._call(second, "get_many", [kb]).get(kb)
+        got = self._call(second, "get", kb)
         if got is None:
             return None
         kind, plain, abs_expiry = copies.decode(got, now)
@@ -512,7 +570,7 @@ class BackupClient(Client):
                 self._replicate(kb, item, new_abs, done={primary})
                 return True
             if ok is False:  # memcached answers NOT_FOUND for a deleted key: ours is a tombstone
-                got = self._call(primary, "get_many", [kb]).get(kb)
+                got = self._call(primary, "get", kb)
                 if got is None or copies.decode(got, self._clock.time())[0] is not Kind.VALUE:
                     return None
             return ok
@@ -676,7 +734,7 @@ class BackupClient(Client):
             source = others[0]
             try:  # the token first, then the source
                 mine = self._call(home, "gets_many", [kb]).get(kb)
-                theirs = self._call(source, "get_many", [kb]).get(kb)
+                theirs = self._call(source, "get", kb)
             except NodeUnavailable as exc:
                 if exc.node == source and self._health.is_down(source):
                     continue  # settle from the node that stands in for it

@@ -311,17 +311,23 @@ class Client:
         up: Callable[[Node], Any],
         down: Callable[[Node, Node], Any],
         warm: Callable[[Node, Node], Any],
+        failed: NodeUnavailable | None = None,
     ) -> Any:
-        """Run one single-key operation wherever the key lives now."""
+        """Run one single-key operation wherever the key lives now.
+
+        ``failed``: the caller already ran ``up`` on the key's home node
+        (see :meth:`_up_first`) and it raised this.
+        """
         home = self._ring.node_for(kb)
         state = self._health.state(home)
-        if state is NodeState.UP:
+        if failed is None and state is NodeState.UP:
             try:
                 return up(home)
             except NodeUnavailable as exc:
-                if self._failover.mode == "fail" or not self._health.is_down(home):
-                    return self._unavailable(exc, default)
-            state = NodeState.DOWN
+                failed = exc
+        if failed is not None:
+            if self._failover.mode == "fail" or not self._health.is_down(home):
+                return self._unavailable(failed, default)
         elif state is NodeState.DOWN and self._failover.mode == "fail":
             return self._unavailable(
                 NodeUnavailable("node is down", node=home, key=kb), default)
@@ -342,6 +348,22 @@ class Client:
                     raise
         assert last is not None
         raise last
+
+    def _up_first(self, kb: bytes, method: str, *args: Any) -> tuple[Any, NodeUnavailable | None]:
+        """The common case of :meth:`_single` without building its callbacks.
+
+        Calls ``method`` on the key's home node if it is up: returns
+        ``(result, None)``; ``(_MISSING, error)`` if that call failed, and
+        ``(_MISSING, None)`` if the node is not up. In either of the last
+        two cases the caller goes on with :meth:`_single`.
+        """
+        home = self._ring.node_for(kb)
+        if self._health.state(home) is not NodeState.UP:
+            return _MISSING, None
+        try:
+            return self._call(home, method, *args), None
+        except NodeUnavailable as exc:
+            return _MISSING, exc
 
     # -- hints and settling (Invariant S) --------------------------------
     def _hint(self, home: Node, kb: bytes) -> None:
@@ -531,28 +553,31 @@ class Client:
 
     # -- reads shared by get / get_many -----------------------------------
     def _read_warming(self, kb: bytes, home: Node, f: Node) -> Item | None:
-        got = self._call(f, "get_many", [kb]).get(kb)
+        got = self._call(f, "get", kb)
         if got is not None:
             kind, plain, _ = copies.decode(got, self._clock.time())
             if kind is Kind.VALUE:
                 return plain
             if kind is Kind.TOMBSTONE:
                 return None
-        item: Item | None = self._call(home, "get_many", [kb]).get(kb)
+        item: Item | None = self._call(home, "get", kb)
         return item
 
     # ------------------------------------------------------------------
     # single-key API (pymemcache names, arguments and defaults)
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` on a miss."""
-        kb = self._key(key)
+        kb = encode_key(key, self._prefix)
+        got, failed = self._up_first(kb, "get", kb)
+        if got is not _MISSING:
+            return default if got is None else self._deserialize(kb, got, default)
 
         def up(h: Node) -> Item | None:
-            item: Item | None = self._call(h, "get_many", [kb]).get(kb)
+            item: Item | None = self._call(h, "get", kb)
             return item
 
         item = self._single(kb, _MISSING, up, lambda f, h: up(f),
-                            lambda h, f: self._read_warming(kb, h, f))
+                            lambda h, f: self._read_warming(kb, h, f), failed)
         return default if item is _MISSING else self._deserialize(kb, item, default)
 
     def gets(
@@ -575,12 +600,16 @@ class Client:
         return (default, cas_default) if value is _MISSING else (value, got[1])
 
     def _store(self, kb: bytes, noreply: bool | None, up: Callable[[Node], Any],
-               down: Callable[[Node, Node], Any]) -> Any:
+               down: Callable[[Node, Node], Any], failed: NodeUnavailable | None = None) -> Any:
         def warm(h: Node, f: Node) -> Any:
             self._settle(kb, h, f)
             return up(h)
 
-        result = self._single(kb, False, up, down, warm)
+        result = self._single(kb, False, up, down, warm, failed)
+        return self._replied(noreply, result)
+
+    def _replied(self, noreply: bool | None, result: Any) -> Any:
+        """What a store command returns: True with ``noreply`` (as pymemcache), else ``result``."""
         if noreply is None:
             noreply = self._default_noreply
         return True if noreply else result
@@ -588,14 +617,17 @@ class Client:
     def set(self, key: str | bytes, value: Any, expire: int = 0, noreply: bool | None = None,
             flags: int | None = None) -> bool:
         """Store ``value``. Returns True once the node has acknowledged it."""
-        kb = self._key(key)
+        kb = encode_key(key, self._prefix)
         return self._set_item(kb, self._serialize(kb, value, flags), _check_expire(expire),
                               noreply)
 
     def _set_item(self, kb: bytes, item: Item, expire: int, noreply: bool | None) -> bool:
+        ok, failed = self._up_first(kb, "set", kb, item, expire)
+        if ok is not _MISSING:
+            return bool(self._replied(noreply, ok))
         return bool(self._store(
             kb, noreply, lambda h: self._call(h, "set", kb, item, expire),
-            lambda f, h: self._write_copy(f, h, kb, item, expire)))
+            lambda f, h: self._write_copy(f, h, kb, item, expire), failed))
 
     def add(self, key: str | bytes, value: Any, expire: int = 0, noreply: bool | None = None,
             flags: int | None = None) -> bool:

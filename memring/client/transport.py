@@ -15,8 +15,9 @@ import socket
 import ssl
 import struct
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -46,6 +47,7 @@ class NodeTransport(Protocol):
 
     node: Node
 
+    def get(self, key: bytes) -> Item | None: ...
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]: ...
     def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]: ...
     def set(self, key: bytes, item: Item, expire: int) -> bool: ...
@@ -354,6 +356,10 @@ class PymemcacheTransport:
             return _Pending(self, None, read, method, args, exc)
         return _Pending(self, conn, read, method, args)
 
+    def get(self, key: bytes) -> Item | None:
+        result: Item | None = self._send("get", (key,)).result()
+        return result
+
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
         result: dict[bytes, Item] = self._send("get_many", (keys,)).result()
         return result
@@ -478,19 +484,34 @@ def _values_reader(keys: Sequence[bytes], name: bytes) -> Reader:
     fields = 5 if name == b"gets" else 4
 
     def read(conn: Client) -> dict[bytes, Any]:
-        sock = conn.sock
-        assert sock is not None
-        buf = _recv_more(sock, b"", 1)
-        if buf.endswith(b"END\r\n"):
-            out = _split_values(buf, wanted, fields)
-            if out is not None:
-                return out
-        return _scan_values(conn, buf, wanted, fields, name)
+        return _read_values(conn, wanted, fields, name)
 
     return read
 
 
-def _split_values(buf: bytes, wanted: frozenset[bytes], fields: int) -> dict[bytes, Any] | None:
+def _read_values(conn: Client, wanted: Container[bytes], fields: int,
+                 name: bytes) -> dict[bytes, Any]:
+    sock = conn.sock
+    assert sock is not None
+    buf = _recv_more(sock, b"", 1)
+    if buf.endswith(b"END\r\n"):
+        out = _split_values(buf, wanted, fields)
+        if out is not None:
+            return out
+    return _scan_values(conn, buf, wanted, fields, name)
+
+
+def _read_item(wanted: tuple[bytes], conn: Client) -> Item | None:
+    """Reads the reply to a ``get`` of one key: its item, or None."""
+    item: Item | None = _read_values(conn, wanted, 4, b"get").get(wanted[0])
+    return item
+
+
+def _get_request(key: bytes) -> tuple[bytes, Reader]:
+    return b"get %s\r\n" % key, partial(_read_item, (key,))
+
+
+def _split_values(buf: bytes, wanted: Container[bytes], fields: int) -> dict[bytes, Any] | None:
     """The values of a complete reply split at every CRLF; None if it does not parse so.
 
     Exact, not a guess: each value must be exactly as long as its header
@@ -517,7 +538,7 @@ def _split_values(buf: bytes, wanted: frozenset[bytes], fields: int) -> dict[byt
     return out if i == last and parts[last] == b"END" else None
 
 
-def _scan_values(conn: Client, buf: bytes, wanted: frozenset[bytes], fields: int,
+def _scan_values(conn: Client, buf: bytes, wanted: Container[bytes], fields: int,
                  name: bytes) -> dict[bytes, Any]:
     """The values of a reply that starts with ``buf``, reading the rest as needed."""
     sock = conn.sock
@@ -644,6 +665,7 @@ _TOUCH_READER = _one(_lines_reader(b"touch", 1, _TOUCHED))
 
 #: Transport method -> ``(request bytes, reply reader)`` for its arguments.
 _PIPELINED: dict[str, Callable[..., tuple[bytes, Reader]]] = {
+    "get": _get_request,
     "get_many": _fetch_request(b"get"),
     "gets_many": _fetch_request(b"gets"),
     "set": _store_request(b"set"),
