@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_client.py [--quick] [--markdown] [--runs N] [--ops N]
-                                 [--batches N] [--seed N] [--pin same|split|none]
+                                 [--batches N] [--seed N] [--pin both|same|split|none]
 
 Needs the ``memcached`` binary on PATH and ``pylibmc`` installed
 (``pip install -e '.[bench]'``).
@@ -22,14 +22,21 @@ every client of :data:`CLIENTS` on the same cluster:
 Every client waits for the server's reply to a write: pymemcache with
 ``default_noreply=False``, pylibmc by default (its ``noreply`` behaviour is
 not set), memring always. The single-node pymemcache ``Client`` talks to one
-node only; it is the floor a cluster client pays on top of. The peers run
-with their default options, so pymemcache has no socket timeouts; memring
-always has its (connect 0.5 s, read 1 s), and Python pays an extra poll()
-per socket read or write for them.
+node only; it is the floor a cluster client pays on top of. Next to it,
+:class:`RoutedClients` (one bare pymemcache ``Client`` per node, keys routed
+by memring's ring) shows what spreading round trips over 4 server processes
+costs by itself. The peers run with their default options, so pymemcache
+has no socket timeouts; memring always has its (connect 0.5 s, read 1 s),
+set on the socket as kernel timeouts, which cost nothing per call.
 
-By default the client and all servers are pinned to one CPU (``--pin``, see
-:func:`pin`): left to the scheduler, a small VM flips between "same CPU" and
-"another CPU" for each round trip, and throughput swings 2-3x mid-run.
+Placement (``--pin``, see :func:`pin`): left to the scheduler, a small VM
+flips between "same CPU" and "another CPU" for each round trip, and
+throughput swings 2-3x mid-run, so every run pins its processes. By default
+the whole benchmark runs twice: with client and servers on one CPU
+(``same``: a round trip is a context switch, and each client's own CPU cost
+decides), then with the servers on another CPU (``split``: every round trip
+pays a cross-CPU wake-up, a little like a network hop, and servers answer in
+parallel). Each goal of :data:`GOALS` is judged in the placement it is about.
 
 Keys, values and the order of operations come from one seeded RNG, so every
 client does the same work. Each client first stores all its keys (the
@@ -77,12 +84,43 @@ def _addresses(cluster: LocalCluster) -> list[tuple[str, int]]:
     return [p.address for p in cluster.processes]
 
 
+class RoutedClients:
+    """One bare pymemcache ``Client`` per node, keys routed by memring's ring.
+
+    Not a usable cluster client (no timeouts, no failover, no key checks): it
+    shows what a round trip to one of 4 nodes costs on its own, next to the
+    single-node ``Client``, which always talks to the same process.
+    """
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.ring = memring.HashRing(cluster.servers)
+        self.clients = {p.node: PymemcacheClient(p.address, default_noreply=False)
+                        for p in cluster.processes}
+
+    def get(self, key: str) -> Any:
+        return self.clients[self.ring.node_for(key)].get(key)
+
+    def set(self, key: str, value: bytes) -> bool:
+        return bool(self.clients[self.ring.node_for(key)].set(key, value))
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for node, group in self.ring.group(keys).items():
+            out.update(self.clients[node].get_many(group))
+        return out
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+
+
 #: (name, factory) for every client measured. The first entry is memring's
 #: client, which the ratios are computed for.
 CLIENTS: list[tuple[str, Factory]] = [
     ("memring Client", lambda c: memring.Client(c.servers)),
     ("pymemcache Client (1 node)",
      lambda c: PymemcacheClient(c[0].address, default_noreply=False)),
+    ("pymemcache Client per node, routed", RoutedClients),
     ("pymemcache HashClient",
      lambda c: HashClient(_addresses(c), use_pooling=False, default_noreply=False)),
     ("pymemcache HashClient (use_pooling=True)",
@@ -97,18 +135,27 @@ if hasattr(memring, "BackupClient"):
 #: The peers memring's medians are divided by: (label, client name).
 RATIOS = [
     ("memring / pymemcache Client", "pymemcache Client (1 node)"),
+    ("memring / pymemcache per node", "pymemcache Client per node, routed"),
     ("memring / HashClient", "pymemcache HashClient"),
     ("memring / pylibmc", "pylibmc Client"),
 ]
 
-#: The issue's goals: (op, peer client name, minimum ratio of medians).
+#: The issues' goals: (client, op, peer, minimum ratio of medians, placement
+#: it is judged in). The client's CPU cost is judged with everything on one
+#: CPU, where a round trip is cheap and that cost decides. BackupClient's
+#: latency goals (set at most 1.3x the single-copy client's latency, get
+#: equal, i.e. within the 5% that medians move from run to run) are judged
+#: with the servers on their own CPU: two servers sharing the client's CPU
+#: cannot answer at the same time, as two machines do.
 GOALS = [
-    ("get", "pymemcache Client (1 node)", 0.9),
-    ("get", "pymemcache HashClient", 1.5),
-    ("set", "pymemcache Client (1 node)", 0.9),
-    ("set", "pymemcache HashClient", 1.5),
-    ("get_many", "pymemcache HashClient", 8.0),
-    ("get_many", "pylibmc Client", 0.5),
+    ("memring Client", "get", "pymemcache Client (1 node)", 0.9, "same"),
+    ("memring Client", "get", "pymemcache HashClient", 1.5, "same"),
+    ("memring Client", "set", "pymemcache Client (1 node)", 0.9, "same"),
+    ("memring Client", "set", "pymemcache HashClient", 1.5, "same"),
+    ("memring Client", "get_many", "pymemcache HashClient", 8.0, "same"),
+    ("memring Client", "get_many", "pylibmc Client", 0.5, "same"),
+    ("memring BackupClient", "set", "memring Client", 1 / 1.3, "split"),
+    ("memring BackupClient", "get", "memring Client", 0.95, "split"),
 ]
 
 
@@ -244,6 +291,7 @@ def pin(cluster: LocalCluster, mode: str) -> str:
 def run(cfg: Config, clients: Sequence[tuple[str, Factory]],
         log: Callable[[str], None], pin_mode: str = "same") -> tuple[list[Ops], str]:
     w = Workload.make(cfg, len(clients))
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     with LocalCluster(NODES) as cluster:
         placement = pin(cluster, pin_mode)
         log(placement)
@@ -260,6 +308,8 @@ def run(cfg: Config, clients: Sequence[tuple[str, Factory]],
         finally:
             for ops in all_ops:
                 ops.close()
+            if saved is not None:
+                os.sched_setaffinity(0, saved)  # the next placement starts from all CPUs
     return all_ops, placement
 
 
@@ -279,17 +329,24 @@ def _cell(ops: Ops, op: str) -> str:
     return f"{_fmt(min(r))} / **{_fmt(statistics.median(r))}** / {_fmt(max(r))}"
 
 
+def _ratio(by_name: dict[str, Ops], client: str, op: str, peer: str) -> float | None:
+    if client not in by_name or peer not in by_name:
+        return None
+    return _median(by_name[client], op) / _median(by_name[peer], op)
+
+
 def report(all_ops: list[Ops], cfg: Config, markdown: bool, seconds: float,
            placement: str) -> str:
+    """The tables of one placement's run."""
     by_name = {o.name: o for o in all_ops}
-    ours = all_ops[0]
+    ours = all_ops[0].name
     lines: list[str] = []
     if markdown:
         lines += [
             f"{NODES} local memcached nodes, 1 thread, {VALUE_SIZE}-byte values, acknowledged "
             f"writes; {cfg.runs} runs of {cfg.ops} get + {cfg.ops} set + {cfg.batches} "
             f"get_many of {BATCH} keys per client; seed {cfg.seed}; {placement}; "
-            f"min / **median** / max; {seconds:.0f} s in all.",
+            f"min / **median** / max; {seconds:.0f} s.",
             "",
             "| client | get (ops/s) | set (ops/s) | get_many x100 (keys/s) |",
             "|---|---:|---:|---:|",
@@ -299,15 +356,8 @@ def report(all_ops: list[Ops], cfg: Config, markdown: bool, seconds: float,
         lines += ["", "| ratio of medians | get | set | get_many |", "|---|---:|---:|---:|"]
         for label, peer in RATIOS:
             if peer in by_name:
-                cells = [f"{_median(ours, op) / _median(by_name[peer], op):.2f}x" for op in OPS]
+                cells = [f"{_ratio(by_name, ours, op, peer):.2f}x" for op in OPS]
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
-        for op, peer, want in GOALS:
-            if peer not in by_name:
-                continue
-            got = _median(ours, op) / _median(by_name[peer], op)
-            verdict = "met" if got >= want else "NOT met"
-            lines.append(f"- {op} >= {want}x {peer}: {verdict} ({got:.3f}x)")
         return "\n".join(lines)
     width = max(len(o.name) for o in all_ops)
     lines.append(f"{'client':<{width}}  " + "  ".join(
@@ -319,14 +369,33 @@ def report(all_ops: list[Ops], cfg: Config, markdown: bool, seconds: float,
     for label, peer in RATIOS:
         if peer in by_name:
             lines.append(f"{label:<28} " + "  ".join(
-                f"{op} {_median(ours, op) / _median(by_name[peer], op):.2f}x" for op in OPS))
-    lines.append("")
-    for op, peer, want in GOALS:
-        if peer in by_name:
-            got = _median(ours, op) / _median(by_name[peer], op)
-            lines.append(f"{op} >= {want}x {peer}: {'met' if got >= want else 'NOT met'} "
-                         f"({got:.3f}x)")
-    lines.append(f"{placement}; total {seconds:.0f} s")
+                f"{op} {_ratio(by_name, ours, op, peer):.2f}x" for op in OPS))
+    lines.append(f"{placement}; {seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def goals(runs: dict[str, list[Ops]], markdown: bool) -> str:
+    """Every goal, in every placement run; the verdict is the one of its own placement."""
+    modes = list(runs)
+    by_mode = {m: {o.name: o for o in ops} for m, ops in runs.items()}
+    lines = []
+    if markdown:
+        lines += ["| goal | " + " | ".join(modes) + " | judged in | verdict |",
+                  "|---|" + "---:|" * len(modes) + "---|---|"]
+    for client, op, peer, want, judged in GOALS:
+        got = {m: _ratio(by_mode[m], client, op, peer) for m in modes}
+        if all(g is None for g in got.values()):
+            continue
+        cells = [f"{g:.3f}x" if g is not None else "-" for g in got.values()]
+        mine = got.get(judged)
+        verdict = "not run" if mine is None else "met" if mine >= want else "NOT met"
+        goal = f"{client} {op} >= {want:.3g}x {peer}"
+        if markdown:
+            lines.append(f"| {goal} | " + " | ".join(cells) + f" | {judged} | {verdict} |")
+        else:
+            lines.append(f"{goal}: " + ", ".join(
+                f"{m} {c}" for m, c in zip(modes, cells, strict=True))
+                + f"; judged in {judged}: {verdict}")
     return "\n".join(lines)
 
 
@@ -338,8 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ops", type=int, help="get and set calls per client per run")
     p.add_argument("--batches", type=int, help="get_many calls per client per run")
     p.add_argument("--seed", type=int)
-    p.add_argument("--pin", choices=("same", "split", "none"), default="same",
-                   help="CPU placement of client and servers (default: same CPU; see pin())")
+    p.add_argument("--pin", choices=("both", "same", "split", "none"), default="both",
+                   help="CPU placement of client and servers: both = a run with 'same', "
+                        "then one with 'split' (default; see pin())")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     cfg = Config(
@@ -352,9 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     log(f"clients: {', '.join(name for name, _ in CLIENTS)}")
-    t0 = time.perf_counter()
-    all_ops, placement = run(cfg, CLIENTS, log, args.pin)
-    print(report(all_ops, cfg, args.markdown, time.perf_counter() - t0, placement))
+    runs: dict[str, list[Ops]] = {}
+    for mode in ("same", "split") if args.pin == "both" else (args.pin,):
+        t0 = time.perf_counter()
+        runs[mode], placement = run(cfg, CLIENTS, log, mode)
+        print(report(runs[mode], cfg, args.markdown, time.perf_counter() - t0, placement))
+        print()
+    print(goals(runs, args.markdown))
     return 0
 
 
