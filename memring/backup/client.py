@@ -54,6 +54,7 @@ from memring.client import copies, mutations
 from memring.client.client import CAS_ATTEMPTS, Client, _cas_token, _check_expire
 from memring.client.copies import Kind
 from memring.client.health import NodeState
+from memring.client.keys import encode_keys
 from memring.client.transport import Item
 from memring.errors import (
     ClusterError,
@@ -580,7 +581,7 @@ class BackupClient(Client):
 
     # -- multi-key -------------------------------------------------------
     def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, Any]:
-        by_kb = {self._key(k): k for k in keys}
+        by_kb = encode_keys(keys, self._prefix)
         if not by_kb:
             return {}
         groups: dict[Node, list[bytes]] = defaultdict(list)
@@ -628,18 +629,73 @@ class BackupClient(Client):
     get_multi = get_many
 
     def gets_many(self, keys: Iterable[str | bytes]) -> dict[Any, tuple[Any, Any]]:
+        """``{key: (value, cas_token)}``, tokens from each key's primary.
+
+        One ``gets`` per primary node, all at once, when both of a key's home
+        nodes are up and the primary has it; any other key goes through
+        :meth:`gets` (which repairs a primary that lost it first).
+        """
+        by_kb = encode_keys(keys, self._prefix)
+        groups: dict[Node, list[bytes]] = defaultdict(list)
+        slow: list[bytes] = []
+        for kb in by_kb:
+            pair = self._healthy_pair(kb)
+            if pair is None:
+                slow.append(kb)
+            else:
+                groups[pair[0]].append(kb)
+        calls: list[Call] = [(node, "gets_many", (kbs,)) for node, kbs in groups.items()]
         out: dict[Any, tuple[Any, Any]] = {}
-        for key in keys:
-            value, token = self.gets(key, _MISSING)
+        now = self._clock.time()
+        for (_, _, (kbs,)), got in zip(calls, self._fan_out(calls), strict=True):
+            if isinstance(got, MemringError):
+                slow.extend(kbs)
+                continue
+            for kb in kbs:
+                reply = got.get(kb)
+                kind, plain, _ = copies.decode(reply[0], now) if reply else (None, None, 0)
+                if kind is Kind.VALUE and plain is not None:
+                    out[by_kb[kb]] = (
+                        self._serde.deserialize(self._unprefix(kb), plain[0], plain[1]), reply[1])
+                elif kind is not Kind.TOMBSTONE:
+                    slow.append(kb)  # a miss, or a marker: the backup may have it
+        failed: dict[bytes, Exception] = {}
+        for kb in slow:
+            try:
+                value, token = self.gets(by_kb[kb], _MISSING)
+            except MemringError as exc:
+                failed[kb] = exc
+                continue
             if value is not _MISSING:
-                out[key] = (value, token)
-        return out
+                out[by_kb[kb]] = (value, token)
+        result: dict[Any, tuple[Any, Any]] = self._finish_many("gets_many", out, failed, by_kb)
+        return result
 
     def set_many(self, values: Mapping[str | bytes, Any], expire: int = 0,
                  noreply: bool | None = None, flags: int | None = None) -> list[Any]:
         by_kb, items = self._serialize_many(values, flags)
         abs_expiry = copies.absolute_expiry(_check_expire(expire), self._clock.time())
-        # One set_many per node (and expiry), all nodes at once.
+        not_stored, failed = self._replicate_many(items, abs_expiry)
+        return list(self._finish_many("set_many", [by_kb[kb] for kb in not_stored], failed,
+                                      by_kb))
+
+    set_multi = set_many
+
+    def delete_many(self, keys: Iterable[str | bytes], noreply: bool | None = None) -> bool:
+        """Tombstones for every key on both owners, batched per node. True if all were written."""
+        by_kb = encode_keys(keys, self._prefix)
+        _, failed = self._replicate_many(dict.fromkeys(by_kb, copies.TOMBSTONE), 0)
+        if failed and not self._failover.return_default:
+            raise MultiKeyError(f"delete_many: {len(failed)} of {len(by_kb)} keys failed",
+                                results=False, failed={by_kb[kb]: e for kb, e in failed.items()})
+        return not failed
+
+    delete_multi = delete_many
+
+    def _replicate_many(self, items: Mapping[bytes, Item], abs_expiry: int
+                        ) -> tuple[list[bytes], dict[bytes, Exception]]:
+        """:meth:`_replicate` for many keys: one ``set_many`` per node (and expiry), all
+        nodes at once. Returns the keys a server refused and the keys that failed."""
         per_key: dict[bytes, list[Node]] = {}
         batches: dict[tuple[Node, int], dict[bytes, Item]] = defaultdict(dict)
         clears: dict[Node, list[bytes]] = defaultdict(list)
@@ -662,7 +718,7 @@ class BackupClient(Client):
             for kb in batch:
                 outcome[(node, kb)] = got if isinstance(got, MemringError) else (
                     kb not in refused)
-        not_stored: list[Any] = []
+        not_stored: list[bytes] = []
         failed: dict[bytes, Exception] = {}
         for kb, owners in per_key.items():
             results = [outcome[(node, kb)] for node in owners]
@@ -671,32 +727,16 @@ class BackupClient(Client):
                 self._hint_down_homes(kb, self._home_pair(kb))
                 continue
             if any(r is False for r in results):
-                not_stored.append(by_kb[kb])
+                not_stored.append(kb)
                 continue
             degraded = any(isinstance(r, NodeUnavailable) and self._health.is_down(node)
                            for node, r in zip(owners, results, strict=True))
             try:  # an owner failed: store this key again, on whoever owns it now
                 if not self._replicate(kb, items[kb], abs_expiry, done, degraded):
-                    not_stored.append(by_kb[kb])
+                    not_stored.append(kb)
             except MemringError as exc:
                 failed[kb] = exc
-        return list(self._finish_many("set_many", not_stored, failed, by_kb))
-
-    set_multi = set_many
-
-    def delete_many(self, keys: Iterable[str | bytes], noreply: bool | None = None) -> bool:
-        failed: dict[Any, Exception] = {}
-        for key in keys:
-            try:
-                self.delete(key)
-            except MemringError as exc:
-                failed[key] = exc
-        if failed and not self._failover.return_default:
-            raise MultiKeyError(f"delete_many: {len(failed)} keys failed", results=False,
-                                failed=failed)
-        return not failed
-
-    delete_multi = delete_many
+        return not_stored, failed
 
     # -- a returning node (Invariant S) -------------------------------------
     def _keepalive(self, home: Node) -> None:

@@ -251,6 +251,14 @@ class BackupMachine(RuleBasedStateMachine):
             self._check(who, key, got.get(key))
 
     @rule(who=st.integers(0, CLIENTS - 1),
+          keys=st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=6, unique=True))
+    def gets_many(self, who: int, keys: list[str]) -> None:
+        got = self.clients[who].gets_many(keys)
+        assert set(got) <= set(keys)
+        for key in keys:
+            self._check(who, key, got[key][0] if key in got else None)
+
+    @rule(who=st.integers(0, CLIENTS - 1),
           keys=st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=6, unique=True),
           expire=st.sampled_from([0, 100_000]))
     def set_many(self, who: int, keys: list[str], expire: int) -> None:
