@@ -789,11 +789,14 @@ class Client:
         concurrently while this thread waits for the first reply. Once one
         node has timed out, the others are not waited for beyond the same
         deadline: a call waits at most one read timeout for all its nodes.
+        Every reply is read (so every connection goes back to its pool) before
+        an error that is not a memring error is raised.
         """
         start = time.monotonic()
         replies = [self._transports[node].send(method, *args) for node, method, args in calls]
         out: list[Any] = []
         deadline: float | None = None
+        unexpected: Exception | None = None
         for (node, _, _), reply in zip(calls, replies, strict=True):
             try:
                 result = reply.result(None if deadline is None else deadline - time.monotonic())
@@ -803,8 +806,13 @@ class Client:
                     deadline = start + self._timeouts.read
                 out.append(exc)
                 continue
+            except Exception as exc:  # e.g. max_pool_size reached
+                unexpected = unexpected or exc
+                continue
             self._health.record_success(node)
             out.append(result)
+        if unexpected is not None:
+            raise unexpected
         return out
 
     def _group(self, kbs: Iterable[bytes]) -> tuple[dict[Node, list[bytes]], list[bytes]]:

@@ -345,7 +345,10 @@ class PymemcacheTransport:
     def _send(self, method: str, args: tuple[Any, ...]) -> _Pending:
         request, read = _PIPELINED[method](*args)
         pool = self._pool
-        conn = pool.get()
+        try:
+            conn = pool.get()  # RuntimeError past max_pool_size: raised by .result()
+        except Exception as exc:
+            return _Pending(self, None, read, method, args, exc)
         try:
             if conn.sock is None:
                 conn._connect()

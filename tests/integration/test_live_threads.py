@@ -107,3 +107,22 @@ def test_threads_while_nodes_restart(fresh_cluster, make_client, ns) -> None:
     # With Failover("next") and the default threshold of 1, a restart is
     # absorbed: the first failure fails the call over.
     assert [str(e) for e in expected_errors] == []
+
+
+def test_a_full_pool_fails_the_call_and_keeps_every_other_connection(
+        cluster, make_client, keys_on, ns) -> None:
+    """Past max_pool_size pymemcache's pool refuses; a multi-key call still
+    reads every other node's reply and gives its connection back."""
+    client = make_client(cluster, max_pool_size=1)
+    full, other = cluster.nodes[0], cluster.nodes[1]
+    keys = keys_on(client, other, 2, f"{ns}:o") + keys_on(client, full, 2, ns)  # other first
+    assert client.set_many(dict.fromkeys(keys, "v")) == []
+    pools = {node: client._transports[node]._pool for node in (full, other)}
+    held = pools[full].get()  # another thread's call in flight, say
+    try:
+        with pytest.raises(RuntimeError, match="Too many"):
+            client.get_many(keys)
+        assert len(pools[other].free) == 1 and not pools[other].used
+    finally:
+        pools[full].release(held)
+    assert client.get_many(keys) == dict.fromkeys(keys, "v")
