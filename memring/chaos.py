@@ -385,7 +385,8 @@ class FaultEvent:
 
     Times are seconds since the start of the run. ``detect_s``: from the
     injection until the client marked the node down (None: it never did,
-    e.g. a restart that completed before any call noticed). ``recover_s``:
+    e.g. a restart that completed before any call noticed); for a flap, from
+    the injection of the first of its cycles that the client noticed. ``recover_s``:
     from the (last) resume or restart until the client saw the node answer
     again. ``warm_s``: from then until every node was UP again.
 
@@ -1203,10 +1204,14 @@ def _report(run: _Run, workers: list[_Worker], metrics: dict[str, Any],
     events = []
     n = config.nodes
     for index, e in enumerate(run.events):
-        first, last = e.cycles[0] if e.cycles else None, e.cycles[-1] if e.cycles else None
+        last = e.cycles[-1] if e.cycles else None
+        # A flap's first cycle may be too short to notice (a hang shorter than
+        # the read timeout fails no call): detection counts from the first
+        # cycle that was noticed.
+        noticed = next((c for c in e.cycles if c.detected_at is not None), None)
         detect = None
-        if first is not None and first.detected_at is not None:
-            detect = first.detected_at - first.injected_at
+        if noticed is not None and noticed.detected_at is not None:
+            detect = noticed.detected_at - noticed.injected_at
         recover = None
         if last is not None and last.back_at is not None and last.resumed_at is not None:
             recover = last.back_at - last.resumed_at

@@ -141,15 +141,17 @@ class _KernelTimeoutSockets(types.ModuleType):
     sockets stay in blocking mode after connecting, and ``SO_RCVTIMEO`` /
     ``SO_SNDTIMEO`` bound every read and write. Python's own socket timeouts
     would do the same with a ``poll()`` before each ``recv``/``send``, about
-    6% of a loopback round trip (see bench/RESULTS.md). A read that times out
-    raises ``BlockingIOError`` (``EAGAIN``), which :func:`_translate` maps to
-    :class:`~memring.errors.NodeTimeout`.
+    6% of a loopback round trip. A read that times out raises
+    ``BlockingIOError`` (``EAGAIN``), which :func:`_translate` maps to
+    :class:`~memring.errors.NodeTimeout`. Kernel timers fire up to two
+    scheduler ticks late (10-20 ms on a 100 Hz kernel).
     """
 
     def __init__(self, seconds: float) -> None:
         super().__init__("memring_sockets")
-        whole = int(seconds)
-        self._timeval = struct.pack("ll", whole, int(round((seconds - whole) * 1e6)))
+        # At least 1 us: a zero timeval would mean "no timeout at all".
+        whole, micros = divmod(max(1, round(seconds * 1e6)), 1_000_000)
+        self._timeval = struct.pack("ll", whole, micros)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(socket, name)

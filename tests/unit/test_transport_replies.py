@@ -7,6 +7,8 @@ that must be refused (out of step, or an error line).
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from memring.client.transport import _PIPELINED
+from memring.client.transport import _PIPELINED, _KernelTimeoutSockets
 
 
 class ScriptedSocket:
@@ -135,3 +137,17 @@ def test_an_unexpected_line_is_refused() -> None:
         run("set", (b"k", (b"v", 0), 0), [b"DELETED\r\n"])
     with pytest.raises(MemcacheUnknownError):
         run("set", (b"k", (b"v", 0), 0), [b"STORED\r\nSTORED\r\n"])  # a reply too many
+
+
+@pytest.mark.parametrize("seconds, timeval", [(0.3, (0, 300_000)), (2.5, (2, 500_000)),
+                                              (0.9999999, (1, 0)), (1e-9, (0, 1))])
+def test_kernel_timeouts_are_never_zero(seconds: float, timeval: tuple[int, int]) -> None:
+    sockets = _KernelTimeoutSockets(seconds)
+    assert struct.unpack("ll", sockets._timeval) == timeval  # (0, 0) would block forever
+    sock = sockets.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        set_to = struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+        assert set_to != (0, 0)  # the kernel rounds it up to whole scheduler ticks
+        assert sock.gettimeout() is None  # blocking: no poll() before each read
+    finally:
+        sock.close()
