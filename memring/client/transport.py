@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from pymemcache.client.base import Client, _readline, _recv
+from pymemcache.client.base import Client, _readline
 from pymemcache.exceptions import (
     MemcacheClientError,
     MemcacheError,
@@ -201,11 +201,11 @@ class _Pending:
         self._args = args
         self._error = error
 
-    def result(self, wait: float | None = None) -> Any:
-        """Read the reply; ``wait`` caps the seconds to wait for its first byte."""
-        return self._finish(wait, retry=True)
+    def result(self, wait: float | None = None, *, retry: bool = True) -> Any:
+        """Read the reply; ``wait`` caps the seconds to wait for its first byte.
 
-    def _finish(self, wait: float | None, retry: bool) -> Any:
+        ``retry``: after a stale pooled connection, try again on fresh ones.
+        """
         t = self._transport
         conn, exc = self._conn, self._error
         if conn is not None:
@@ -224,7 +224,7 @@ class _Pending:
         key = self._key()
         if retry and isinstance(exc, _STALE):
             return t._after_stale(
-                key, lambda: t._send(self._method, self._args)._finish(None, retry=False))
+                key, lambda: t._send(self._method, self._args).result(retry=False))
         if isinstance(exc, _TRANSLATED):
             raise _translate(exc, t.node, key) from exc
         raise exc
@@ -468,7 +468,7 @@ def _recv_more(sock: socket.socket, buf: bytes, need: int) -> bytes:
     chunks = [buf]
     have = len(buf)
     while have < need:
-        chunk = _recv(sock, max(READ_SIZE, need - have))
+        chunk = sock.recv(max(READ_SIZE, need - have))  # Python retries EINTR itself
         if not chunk:
             raise MemcacheUnexpectedCloseError()
         chunks.append(chunk)
@@ -498,7 +498,9 @@ def _read_values(conn: Client, wanted: Container[bytes], fields: int,
                  name: bytes) -> dict[bytes, Any]:
     sock = conn.sock
     assert sock is not None
-    buf = _recv_more(sock, b"", 1)
+    buf = sock.recv(READ_SIZE)
+    if not buf:
+        raise MemcacheUnexpectedCloseError()
     if buf.endswith(b"END\r\n"):
         out = _split_values(buf, wanted, fields)
         if out is not None:
