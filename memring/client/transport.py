@@ -1,8 +1,9 @@
-"""Talking to one node: a pymemcache connection pool, and the error seam.
+"""Talking to one node: a pool of pymemcache connections, pipelined requests, the error seam.
 
 Values cross this layer as raw ``(bytes, flags)`` items; serialization and
 memring's markers live above it. :class:`NodeTransport` is the seam the
-tests replace with fake nodes.
+tests replace with fake nodes. ``send()`` starts a call and returns a
+:class:`Reply` to read later, so one thread can have several nodes at work.
 
 This module is the one place where pymemcache and socket errors become
 memring errors (:func:`translate_errors`).
