@@ -615,14 +615,7 @@ class BackupClient(Client):
         if refills:  # best effort, like a read-repair
             self._counters["refills"] += sum(r is True for r in self._fan_out(refills))
         failed: dict[bytes, Exception] = {}
-        for kb in slow:
-            try:
-                value = self.get(by_kb[kb], _MISSING)
-            except MemringError as exc:
-                failed[kb] = exc
-                continue
-            if value is not _MISSING:
-                out[by_kb[kb]] = value
+        self._one_by_one(self._get_or_missing, slow, by_kb, out, failed)
         result: dict[Any, Any] = self._finish_many("get_many", out, failed, by_kb)
         return result
 
@@ -660,14 +653,7 @@ class BackupClient(Client):
                 elif kind is not Kind.TOMBSTONE:
                     slow.append(kb)  # a miss, or a marker: the backup may have it
         failed: dict[bytes, Exception] = {}
-        for kb in slow:
-            try:
-                value, token = self.gets(by_kb[kb], _MISSING)
-            except MemringError as exc:
-                failed[kb] = exc
-                continue
-            if value is not _MISSING:
-                out[by_kb[kb]] = (value, token)
+        self._one_by_one(self._gets_or_missing, slow, by_kb, out, failed)
         result: dict[Any, tuple[Any, Any]] = self._finish_many("gets_many", out, failed, by_kb)
         return result
 

@@ -824,6 +824,29 @@ class Client:
             other.extend(groups.pop(node))
         return groups, other
 
+    def _one_by_one(self, call: Callable[[Any], Any], kbs: Iterable[bytes],
+                    by_kb: Mapping[bytes, Any], out: dict[Any, Any],
+                    failed: dict[bytes, Exception]) -> None:
+        """``call(key)`` for each key a batched read left over, into ``out`` or ``failed``.
+
+        ``call`` returns ``_MISSING`` for a key that has no value.
+        """
+        for kb in kbs:
+            try:
+                got = call(by_kb[kb])
+            except MemringError as exc:
+                failed[kb] = exc
+                continue
+            if got is not _MISSING:
+                out[by_kb[kb]] = got
+
+    def _get_or_missing(self, key: str | bytes) -> Any:
+        return self.get(key, _MISSING)
+
+    def _gets_or_missing(self, key: str | bytes) -> Any:
+        value, token = self.gets(key, _MISSING)
+        return _MISSING if value is _MISSING else (value, token)
+
     def _group_failure(self, node: Node, exc: MemringError, kbs: list[bytes],
                        retry: list[bytes], failed: dict[bytes, Exception]) -> None:
         if (isinstance(exc, NodeUnavailable) and self._failover.mode == "next"
@@ -886,14 +909,7 @@ class Client:
                 slow.extend(batch)  # the failover node failed too: let get() walk on
                 continue
             self._collect(got, by_kb, out)
-        for kb in slow:
-            try:
-                value = self.get(by_kb[kb], _MISSING)
-            except MemringError as exc:
-                failed[kb] = exc
-                continue
-            if value is not _MISSING:
-                out[by_kb[kb]] = value
+        self._one_by_one(self._get_or_missing, slow, by_kb, out, failed)
 
     get_multi = get_many
 
@@ -912,14 +928,7 @@ class Client:
                 value = self._deserialize(kb, item, _MISSING)
                 if value is not _MISSING:
                     out[by_kb[kb]] = (value, token)
-        for kb in other:
-            try:
-                value, token = self.gets(by_kb[kb], _MISSING)
-            except MemringError as exc:
-                failed[kb] = exc
-                continue
-            if value is not _MISSING:
-                out[by_kb[kb]] = (value, token)
+        self._one_by_one(self._gets_or_missing, other, by_kb, out, failed)
         result: dict[Any, tuple[Any, Any]] = self._finish_many("gets_many", out, failed, by_kb)
         return result
 
