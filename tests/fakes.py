@@ -29,11 +29,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from memring import Client, Node
+from memring import Client, Node, NodeState
 from memring.client.transport import Ready
 from memring.errors import NodeTimeout, NodeUnavailable, ServerError
 
-__all__ = ["FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport"]
+__all__ = ["FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport", "SingleFault"]
 
 Item = tuple[bytes, int]
 
@@ -492,3 +492,48 @@ def tick(clock: FakeClock, clients: Sequence[Client], seconds: float, step: floa
         seconds -= dt
         for c in clients:
             c._health.probe_due()
+
+
+class SingleFault:
+    """What the Invariant S state machines share: one faulty node at a time,
+    every client made to notice it, and reads checked against a key's model.
+
+    A subclass sets ``clients``, ``cluster``, ``clock`` and ``faulty``.
+    """
+
+    clients: Sequence[Client]
+    cluster: FakeCluster
+    clock: FakeClock
+    faulty: Node | None
+
+    @staticmethod
+    def sees_down(c: Client, node: Node) -> bool:
+        return c._health.state(node) is NodeState.DOWN
+
+    def may_fault(self, node: Node) -> bool:
+        """Single-node faults: nothing is faulty, and no client still sees another node down."""
+        return self.faulty is None and not any(
+            self.sees_down(c, n) for c in self.clients for n in self.cluster.nodes if n != node)
+
+    def observe(self) -> None:
+        """Every client that has not yet had a call fail on the faulty node gets one."""
+        assert self.faulty is not None
+        for c in self.clients:
+            if not self.sees_down(c, self.faulty):
+                c.stats()  # a call to every node it does not know to be down
+            assert self.sees_down(c, self.faulty)
+
+    def check_value(self, who: int, key: str, got: object,
+                    allowed: Mapping[object, float | None], gone: Mapping[str, str]) -> None:
+        """``got`` (not a miss) must be a value ``key`` may hold now: one of
+        ``allowed`` (value -> expiry deadline or None), not yet expired."""
+        if got in allowed:
+            deadline = allowed[got]
+            assert deadline is None or self.clock.time() <= deadline, (
+                f"client {who} read {key!r} = {got!r} after it expired")
+            return
+        why = gone.get(str(got), "never written")
+        kind = "resurrected delete" if why == "deleted" else "stale read"
+        raise AssertionError(
+            f"{kind}: client {who} read {key!r} = {got!r} ({why}); "
+            f"allowed: {sorted(map(str, allowed))} or a miss")

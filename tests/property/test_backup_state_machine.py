@@ -35,7 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from memring import BackupClient, Client, Failover, HashRing, HealthPolicy, Node
 from memring.client.health import NodeState
-from tests.fakes import FakeClock, FakeCluster
+from tests.fakes import FakeClock, FakeCluster, SingleFault
 from tests.fakes import tick as fakes_tick
 
 FAILOVER_TTL = 10
@@ -115,7 +115,7 @@ class KeyModel:
         self.latest = None
 
 
-class BackupMachine(RuleBasedStateMachine):
+class BackupMachine(SingleFault, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
@@ -159,32 +159,7 @@ class BackupMachine(RuleBasedStateMachine):
             raise AssertionError(
                 f"lost: client {who} missed {key!r}, latest set {m.latest!r}; nodes that "
                 f"may lack it: {sorted(n.label for n in m.exposed)}")
-        if got in m.allowed:
-            deadline = m.allowed[got]
-            assert deadline is None or self.clock.time() <= deadline, (
-                f"client {who} read {key!r} = {got!r} after it expired")
-            return
-        why = m.gone.get(got, "never written")  # type: ignore[call-overload]
-        kind = "resurrected delete" if why == "deleted" else "stale read"
-        raise AssertionError(
-            f"{kind}: client {who} read {key!r} = {got!r} ({why}); "
-            f"allowed: {sorted(m.allowed)} or a miss")
-
-    def _sees_down(self, c: BackupClient, node: Node) -> bool:
-        return c._health.state(node) is NodeState.DOWN
-
-    def _may_fault(self, node: Node) -> bool:
-        """Single-node faults: nothing is faulty, and no client still sees another node down."""
-        return self.faulty is None and not any(
-            self._sees_down(c, n) for c in self.clients for n in _NODES if n != node)
-
-    def _observe(self) -> None:
-        """Every client that has not yet had a call fail on the faulty node gets one."""
-        assert self.faulty is not None
-        for c in self.clients:
-            if not self._sees_down(c, self.faulty):
-                c.stats()  # a call to every node it does not know to be down
-            assert self._sees_down(c, self.faulty)
+        self.check_value(who, key, got, m.allowed, m.gone)
 
     # -- data operations ------------------------------------------------------
     @initialize()
@@ -282,7 +257,7 @@ class BackupMachine(RuleBasedStateMachine):
         if self.faulty == node and self.cluster[node].state == "hung":
             self.cluster[node].kill()  # SIGKILL a hung process: its buffered writes are lost
             return
-        if not self._may_fault(node):
+        if not self.may_fault(node):
             return
         self.faulty = node
         self._fault(node)
@@ -290,7 +265,7 @@ class BackupMachine(RuleBasedStateMachine):
 
     @rule(node=st.sampled_from(_NODES))
     def hang(self, node: Node) -> None:
-        if not self._may_fault(node):
+        if not self.may_fault(node):
             return
         self.faulty = node
         self._fault(node)
@@ -301,7 +276,7 @@ class BackupMachine(RuleBasedStateMachine):
     @rule()
     def resume(self) -> None:
         assert self.faulty is not None
-        self._observe()
+        self.observe()
         self.cluster[self.faulty].resume()
         self.faulty = None
 
@@ -309,7 +284,7 @@ class BackupMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         assert self.faulty is not None
-        self._observe()
+        self.observe()
         self.cluster[self.faulty].restart()
         self.faulty = None
 

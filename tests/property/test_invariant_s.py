@@ -48,7 +48,7 @@ from hypothesis.stateful import (
 
 from memring import Client, Failover, HashRing, HealthPolicy, MemringError, MultiKeyError, Node
 from memring.client.health import NodeState
-from tests.fakes import FakeClock, FakeCluster
+from tests.fakes import FakeClock, FakeCluster, SingleFault
 from tests.fakes import tick as fakes_tick
 
 FAILOVER_TTL = 6
@@ -134,7 +134,7 @@ EXPIRE = st.sampled_from([0, 0, 0, 100_000, 3, 8])
 LATER = st.sampled_from([0, BACKOFF_MAX, FAILOVER_TTL / 2, 2 * FAILOVER_TTL + 1])
 
 
-class InvariantS(RuleBasedStateMachine):
+class InvariantS(SingleFault, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
@@ -166,35 +166,8 @@ class InvariantS(RuleBasedStateMachine):
         return None if expire == 0 else self.clock.time() + expire
 
     def _check(self, who: int, key: str, got: object) -> None:
-        if got is None:
-            return  # a miss is always allowed
-        m = self.model[key]
-        if got in m.allowed:
-            deadline = m.allowed[got]
-            assert deadline is None or self.clock.time() <= deadline, (
-                f"client {who} read {key!r} = {got!r} after it expired")
-            return
-        why = m.gone.get(str(got), "never written")
-        kind = "resurrected delete" if why == "deleted" else "stale read"
-        raise AssertionError(
-            f"{kind}: client {who} read {key!r} = {got!r} ({why}); "
-            f"allowed: {sorted(m.allowed)} or a miss")
-
-    def _sees_down(self, c: Client, node: Node) -> bool:
-        return c._health.state(node) is NodeState.DOWN
-
-    def _may_fault(self, node: Node) -> bool:
-        """Single-node faults: nothing is faulty, and no client still sees another node down."""
-        return self.faulty is None and not any(
-            self._sees_down(c, n) for c in self.clients for n in self.cluster.nodes if n != node)
-
-    def _observe(self) -> None:
-        """Every client that has not yet had a call fail on the faulty node gets one."""
-        assert self.faulty is not None
-        for c in self.clients:
-            if not self._sees_down(c, self.faulty):
-                c.stats()  # a call to every node it does not know to be down
-            assert self._sees_down(c, self.faulty)
+        if got is not None:  # a miss is always allowed
+            self.check_value(who, key, got, self.model[key].allowed, self.model[key].gone)
 
     # -- data operations ------------------------------------------------------
     @initialize()
@@ -284,7 +257,7 @@ class InvariantS(RuleBasedStateMachine):
         sees the faulty node as down (it asks the failover node only).
         """
         for who, c in enumerate(self.clients):
-            if self.faulty is None or self._sees_down(c, self.faulty):
+            if self.faulty is None or self.sees_down(c, self.faulty):
                 for key in ALL_KEYS:
                     self._check(who, key, c.get(key))
 
@@ -296,9 +269,9 @@ class InvariantS(RuleBasedStateMachine):
         if how == "kill" and self.faulty == node and server.state == "hung":
             server.kill()  # SIGKILL a hung process: its buffered writes are lost
         elif how == "bounce":
-            if self._may_fault(node):
+            if self.may_fault(node):
                 server.restart()  # connections are re-opened: just an empty node
-        elif self._may_fault(node):
+        elif self.may_fault(node):
             self.faulty = self.last_faulty = node
             getattr(server, how)()
 
@@ -309,7 +282,7 @@ class InvariantS(RuleBasedStateMachine):
         start a killed or hung one afresh (empty); then ``after`` seconds pass."""
         assert self.faulty is not None
         server = self.cluster[self.faulty]
-        self._observe()
+        self.observe()
         tick(self.clock, self.clients, before)
         if restart or server.state == "dead":
             server.restart()
