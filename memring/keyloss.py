@@ -704,29 +704,22 @@ def _measure_client(
         target.nodes, failover=Failover("next"), timeouts=timeouts, hash=hash,
         vnodes=vnodes or DEFAULT_VNODES,
     )  # fmt: skip
-    phase = "writing"
+
+    def write(start: int, batch: list[str]) -> None:
+        values: dict[str | bytes, Any] = {
+            key: _session_value(start + j, key, tag) for j, key in enumerate(batch)
+        }
+        refused = client.set_many(values, expire=expire)
+        if refused:
+            raise KeylossError(f"memcached refused to store {len(refused)} keys (set_many)")
+
+    def read(start: int, batch: list[str]) -> int:
+        got = client.get_many(batch)
+        return sum(1 for j, key in enumerate(batch)
+                   if got.get(key) != _session_value(start + j, key, tag))
+
     try:
-        for start, batch in _batches(keys):
-            values: dict[str | bytes, Any] = {
-                key: _session_value(start + j, key, tag) for j, key in enumerate(batch)
-            }
-            refused = client.set_many(values, expire=expire)
-            if refused:
-                raise KeylossError(f"memcached refused to store {len(refused)} keys (set_many)")
-            tick(len(batch), phase)
-        phase = "killing"
-        tick(0, f"killing {len(target.dead)} of {len(target.nodes)} nodes")
-        target.kill()
-        phase = "reading"
-        lost = 0
-        for start, batch in _batches(keys):
-            got = client.get_many(batch)
-            lost += sum(
-                1
-                for j, key in enumerate(batch)
-                if got.get(key) != _session_value(start + j, key, tag)
-            )
-            tick(len(batch), phase)
+        lost = _write_kill_read(mode, target, keys, tick, write, read)
         dead = {target.nodes[i] for i in target.dead}
         health = client.health()
         for node in target.nodes:
@@ -737,12 +730,37 @@ def _measure_client(
                     "its keys would be counted as lost"
                 )
         return lost
+    finally:
+        client.close()
+
+
+def _write_kill_read(mode: str, target: _Cluster, keys: list[str], tick: _Tick,
+                     write: Callable[[int, list[str]], None],
+                     read: Callable[[int, list[str]], int]) -> int:
+    """Write every key, kill the target's victims, read every key; the keys lost.
+
+    ``write(start, batch)`` and ``read(start, batch)`` (which returns how
+    many keys of the batch are lost) take the keys in batches;
+    ``start`` is the index of the batch's first key.
+    """
+    phase = "writing"
+    try:
+        for start, batch in _batches(keys):
+            write(start, batch)
+            tick(len(batch), phase)
+        phase = "killing"
+        tick(0, f"killing {len(target.dead)} of {len(target.nodes)} nodes")
+        target.kill()
+        phase = "reading"
+        lost = 0
+        for start, batch in _batches(keys):
+            lost += read(start, batch)
+            tick(len(batch), phase)
+        return lost
     except KeylossError:
         raise
     except MemringError as exc:
         raise KeylossError(f"{mode} run, {phase}: {_reason(exc)}") from exc
-    finally:
-        client.close()
 
 
 def _measure_modulo(
@@ -761,36 +779,29 @@ def _measure_modulo(
     survivors = [i for i in range(n) if i not in target.dead]
     m = len(survivors)
     transports = [PymemcacheTransport(node, timeouts=timeouts) for node in target.nodes]
-    phase = "writing"
-    try:
-        for start, batch in _batches(keys):
-            groups: dict[int, dict[bytes, Item]] = {}
-            for j, key in enumerate(batch):
-                item = (_session_bytes(start + j, key, tag), 0)
-                groups.setdefault(key_hash(key) % n, {})[key.encode()] = item
-            for i, items in groups.items():
-                if transports[i].set_many(items, expire):
-                    raise KeylossError(f"memcached at {_address(target.nodes[i])} refused writes")
-            tick(len(batch), phase)
-        phase = "killing"
-        tick(0, f"killing {len(target.dead)} of {n} nodes")
-        target.kill()
-        phase = "reading"
+
+    def write(start: int, batch: list[str]) -> None:
+        groups: dict[int, dict[bytes, Item]] = {}
+        for j, key in enumerate(batch):
+            item = (_session_bytes(start + j, key, tag), 0)
+            groups.setdefault(key_hash(key) % n, {})[key.encode()] = item
+        for i, items in groups.items():
+            if transports[i].set_many(items, expire):
+                raise KeylossError(f"memcached at {_address(target.nodes[i])} refused writes")
+
+    def read(start: int, batch: list[str]) -> int:
+        wanted: dict[int, dict[bytes, bytes]] = {}
+        for j, key in enumerate(batch):
+            i = survivors[key_hash(key) % m]
+            wanted.setdefault(i, {})[key.encode()] = _session_bytes(start + j, key, tag)
         lost = 0
-        for start, batch in _batches(keys):
-            wanted: dict[int, dict[bytes, bytes]] = {}
-            for j, key in enumerate(batch):
-                i = survivors[key_hash(key) % m]
-                wanted.setdefault(i, {})[key.encode()] = _session_bytes(start + j, key, tag)
-            for i, expected in wanted.items():
-                got = transports[i].get_many(list(expected))
-                lost += sum(1 for kb, data in expected.items() if got.get(kb, (b"", 0))[0] != data)
-            tick(len(batch), phase)
+        for i, expected in wanted.items():
+            got = transports[i].get_many(list(expected))
+            lost += sum(1 for kb, data in expected.items() if got.get(kb, (b"", 0))[0] != data)
         return lost
-    except KeylossError:
-        raise
-    except MemringError as exc:
-        raise KeylossError(f"modulo run, {phase}: {_reason(exc)}") from exc
+
+    try:
+        return _write_kill_read("modulo", target, keys, tick, write, read)
     finally:
         for t in transports:
             t.close()
