@@ -362,29 +362,48 @@ class PymemcacheTransport:
             return _Pending(self, None, read, method, args, exc)
         return _Pending(self, conn, read, method, args)
 
+    def _now(self, method: str, args: tuple[Any, ...]) -> Any:
+        """``_send(method, args).result()``, without a pending reply object on success."""
+        request, read = _PIPELINED[method](*args)
+        pool = self._pool
+        conn: Client | None = None
+        try:
+            conn = pool.get()
+            if conn.sock is None:
+                conn._connect()
+                assert conn.sock is not None
+            conn.sock.sendall(request)
+            value = read(conn)
+        except Exception as exc:
+            if conn is not None:
+                pool.destroy(conn)
+            return _Pending(self, None, read, method, args, exc).result()
+        pool.release(conn)
+        return value
+
     def get(self, key: bytes) -> Item | None:
-        result: Item | None = self._send("get", (key,)).result()
+        result: Item | None = self._now("get", (key,))
         return result
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
-        result: dict[bytes, Item] = self._send("get_many", (keys,)).result()
+        result: dict[bytes, Item] = self._now("get_many", (keys,))
         return result
 
     def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]:
-        result: dict[bytes, tuple[Item, bytes]] = self._send("gets_many", (keys,)).result()
+        result: dict[bytes, tuple[Item, bytes]] = self._now("gets_many", (keys,))
         return result
 
     def set(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._send("set", (key, item, expire)).result())
+        return bool(self._now("set", (key, item, expire)))
 
     def set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]:
-        return list(self._send("set_many", (items, expire)).result())
+        return list(self._now("set_many", (items, expire)))
 
     def add(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._send("add", (key, item, expire)).result())
+        return bool(self._now("add", (key, item, expire)))
 
     def replace(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._send("replace", (key, item, expire)).result())
+        return bool(self._now("replace", (key, item, expire)))
 
     def append(self, key: bytes, data: bytes) -> bool:
         return bool(self._call(key, "append", key, (data, 0), noreply=False))
@@ -393,14 +412,14 @@ class PymemcacheTransport:
         return bool(self._call(key, "prepend", key, (data, 0), noreply=False))
 
     def cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None:
-        result: bool | None = self._send("cas", (key, item, cas, expire)).result()
+        result: bool | None = self._now("cas", (key, item, cas, expire))
         return result
 
     def delete(self, key: bytes) -> bool:
-        return bool(self._send("delete", (key,)).result())
+        return bool(self._now("delete", (key,)))
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
-        self._send("delete_many", (keys,)).result()
+        self._now("delete_many", (keys,))
 
     def incr(self, key: bytes, delta: int) -> int | None:
         result: int | None = self._call(key, "incr", key, delta, noreply=False)
@@ -411,7 +430,7 @@ class PymemcacheTransport:
         return result
 
     def touch(self, key: bytes, expire: int) -> bool:
-        return bool(self._send("touch", (key, expire)).result())
+        return bool(self._now("touch", (key, expire)))
 
     def stats(self, *args: str) -> dict[bytes, Any]:
         return dict(self._call(None, "stats", *args))
@@ -585,30 +604,56 @@ def _scan_values(conn: Client, buf: bytes, wanted: Container[bytes], fields: int
             raise MemcacheUnknownError(line[:64])
 
 
+def _read_lines(conn: Client, count: int) -> list[bytes]:
+    """The next ``count`` reply lines, without their CRLFs: the whole reply, or raise.
+
+    Reads until ``count`` line ends have arrived; more than that means the
+    connection is out of step.
+    """
+    sock = conn.sock
+    assert sock is not None
+    buf = sock.recv(READ_SIZE)
+    seen = buf.count(b"\r\n")
+    if seen < count:
+        chunks = [buf]
+        while seen < count:
+            if not chunks[-1]:
+                raise MemcacheUnexpectedCloseError()
+            more = sock.recv(READ_SIZE)
+            seen += more.count(b"\r\n") + (chunks[-1][-1:] == b"\r" and more[:1] == b"\n")
+            chunks.append(more)
+        buf = b"".join(chunks)
+    lines: list[bytes] = buf.split(b"\r\n")
+    if len(lines) != count + 1 or lines[-1]:
+        raise MemcacheUnknownError(b"data after the last reply")
+    del lines[-1]
+    return lines
+
+
+def _reply(conn: Client, name: bytes, replies: Mapping[bytes, Any], line: bytes) -> Any:
+    """What ``line`` means, by ``replies``; an error line raises pymemcache's error."""
+    if line in replies:
+        return replies[line]
+    conn._raise_errors(line, name)
+    raise MemcacheUnknownError(line[:64])
+
+
 def _lines_reader(name: bytes, count: int, replies: Mapping[bytes, Any]) -> Reader:
     """Reads ``count`` one-line replies, each mapped through ``replies``."""
 
     def read(conn: Client) -> list[Any]:
-        sock = conn.sock
-        assert sock is not None
-        buf = b""
-        out = []
-        for _ in range(count):
-            buf, line = _readline(sock, buf)
-            if line not in replies:
-                conn._raise_errors(line, name)
-                raise MemcacheUnknownError(line[:64])
-            out.append(replies[line])
-        if buf:
-            raise MemcacheUnknownError(b"data after the last reply")
-        return out
+        return [_reply(conn, name, replies, line) for line in _read_lines(conn, count)]
 
     return read
 
 
-def _one(reader: Reader) -> Reader:
+def _line_reader(name: bytes, replies: Mapping[bytes, Any]) -> Reader:
+    """Reads one one-line reply, mapped through ``replies``."""
+
     def read(conn: Client) -> Any:
-        return reader(conn)[0]
+        (line,) = _read_lines(conn, 1)
+        return _reply(conn, name, replies, line)
+
     return read
 
 
@@ -625,10 +670,11 @@ def _storage(name: bytes, key: bytes, item: Item, expire: int, cas: bytes = b"")
 
 
 def _store_request(name: bytes) -> Callable[[bytes, Item, int], tuple[bytes, Reader]]:
-    reader = _one(_lines_reader(name, 1, _STORED))
+    reader = _line_reader(name, _STORED)
 
     def request(key: bytes, item: Item, expire: int) -> tuple[bytes, Reader]:
-        return _storage(name, key, item, expire), reader
+        data, flags = item  # _storage(), inlined: this is every set's path
+        return b"%s %s %d %d %d\r\n%s\r\n" % (name, key, flags, expire, len(data), data), reader
     return request
 
 
@@ -667,9 +713,9 @@ def _touch_request(key: bytes, expire: int) -> tuple[bytes, Reader]:
     return b"touch %s %d\r\n" % (key, expire), _TOUCH_READER
 
 
-_CAS_READER = _one(_lines_reader(b"cas", 1, _CAS))
-_DELETE_READER = _one(_lines_reader(b"delete", 1, _DELETED))
-_TOUCH_READER = _one(_lines_reader(b"touch", 1, _TOUCHED))
+_CAS_READER = _line_reader(b"cas", _CAS)
+_DELETE_READER = _line_reader(b"delete", _DELETED)
+_TOUCH_READER = _line_reader(b"touch", _TOUCHED)
 
 #: Transport method -> ``(request bytes, reply reader)`` for its arguments.
 _PIPELINED: dict[str, Callable[..., tuple[bytes, Reader]]] = {

@@ -125,6 +125,16 @@ def test_one_line_replies(method: str, args: tuple[Any, ...], reply: bytes,
         assert run(method, args, chunks)[1] == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(stored=st.lists(st.booleans(), min_size=1, max_size=30),
+       points=st.lists(st.integers(0, 10_000), max_size=8))
+def test_many_one_line_replies_whatever_the_cuts(stored: list[bool], points: list[int]) -> None:
+    items = {b"k%d" % i: (b"v", 0) for i in range(len(stored))}
+    reply = b"".join(b"STORED\r\n" if ok else b"NOT_STORED\r\n" for ok in stored)
+    _, refused = run("set_many", (items, 0), cut(reply, points))
+    assert refused == [k for k, ok in zip(items, stored, strict=True) if not ok]
+
+
 def test_storage_requests_are_memcached_commands() -> None:
     assert _PIPELINED["set"](b"k", (b"v\r\n", 5), 30)[0] == b"set k 5 30 3\r\nv\r\n\r\n"
     assert _PIPELINED["cas"](b"k", (b"v", 0), b"9", 0)[0] == b"cas k 0 0 1 9\r\nv\r\n"
