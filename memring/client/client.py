@@ -264,7 +264,7 @@ class Client:
             kind, item, _ = copies.decode(item, self._clock.time())
             if kind is not Kind.VALUE:
                 return default
-        return self._serde.deserialize(self._unprefix(kb), item[0], item[1])
+        return self._serde.deserialize(kb[len(self._prefix):], item[0], item[1])
 
     def _collect(self, got: Mapping[bytes, Item], by_kb: Mapping[bytes, Any],
                  out: dict[Any, Any]) -> None:
@@ -316,7 +316,8 @@ class Client:
         """Run one single-key operation wherever the key lives now.
 
         ``failed``: the caller already ran ``up`` on the key's home node
-        (see :meth:`_up_first`) and it raised this.
+        (its fast path for an up node, without building these callbacks)
+        and it raised this.
         """
         home = self._ring.node_for(kb)
         state = self._health.state(home)
@@ -348,22 +349,6 @@ class Client:
                     raise
         assert last is not None
         raise last
-
-    def _up_first(self, kb: bytes, method: str, *args: Any) -> tuple[Any, NodeUnavailable | None]:
-        """The common case of :meth:`_single` without building its callbacks.
-
-        Calls ``method`` on the key's home node if it is up: returns
-        ``(result, None)``; ``(_MISSING, error)`` if that call failed, and
-        ``(_MISSING, None)`` if the node is not up. In either of the last
-        two cases the caller goes on with :meth:`_single`.
-        """
-        home = self._ring.node_for(kb)
-        if self._health.state(home) is not NodeState.UP:
-            return _MISSING, None
-        try:
-            return self._call(home, method, *args), None
-        except NodeUnavailable as exc:
-            return _MISSING, exc
 
     # -- hints and settling (Invariant S) --------------------------------
     def _hint(self, home: Node, kb: bytes) -> None:
@@ -568,9 +553,15 @@ class Client:
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` on a miss."""
         kb = encode_key(key, self._prefix)
-        got, failed = self._up_first(kb, "get", kb)
-        if got is not _MISSING:
-            return default if got is None else self._deserialize(kb, got, default)
+        home = self._ring.node_for(kb)
+        failed: NodeUnavailable | None = None
+        if self._health.state(home) is NodeState.UP:  # the common case, without callbacks
+            try:
+                got: Item | None = self._call(home, "get", kb)
+            except NodeUnavailable as exc:
+                failed = exc
+            else:
+                return default if got is None else self._deserialize(kb, got, default)
 
         def up(h: Node) -> Item | None:
             item: Item | None = self._call(h, "get", kb)
@@ -622,9 +613,15 @@ class Client:
                               noreply)
 
     def _set_item(self, kb: bytes, item: Item, expire: int, noreply: bool | None) -> bool:
-        ok, failed = self._up_first(kb, "set", kb, item, expire)
-        if ok is not _MISSING:
-            return bool(self._replied(noreply, ok))
+        home = self._ring.node_for(kb)
+        failed: NodeUnavailable | None = None
+        if self._health.state(home) is NodeState.UP:  # the common case, without callbacks
+            try:
+                ok = self._call(home, "set", kb, item, expire)
+            except NodeUnavailable as exc:
+                failed = exc
+            else:
+                return bool(self._replied(noreply, ok))
         return bool(self._store(
             kb, noreply, lambda h: self._call(h, "set", kb, item, expire),
             lambda f, h: self._write_copy(f, h, kb, item, expire), failed))
