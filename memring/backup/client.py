@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from memring.client import copies, mutations
@@ -589,29 +589,23 @@ class BackupClient(Client):
         for kb in by_kb:
             plan = plans[kb] = self._read_plan(kb, self._owners(kb))
             groups[plan[0]].append(kb)
-        calls = [(node, "get_many", (kbs,)) for node, kbs in groups.items()]
         out: dict[Any, Any] = {}
         slow: list[bytes] = []
         refills: list[Call] = []
         now = self._clock.time()
-        for (_, _, (kbs,)), got in zip(calls, self._fan_out(calls), strict=True):
-            if isinstance(got, MemringError):
-                slow.extend(kbs)
+        for kb, item in self._from_primaries("get_many", groups, slow):
+            if item is None:
+                slow.append(kb)  # miss on the primary: the backup may have it
                 continue
-            for kb in kbs:
-                item = got.get(kb)
-                if item is None:
-                    slow.append(kb)  # miss on the primary: the backup may have it
-                    continue
-                kind, plain, abs_expiry = copies.decode(item, now)
-                if kind is Kind.VALUE:
-                    out[by_kb[kb]] = self._serde.deserialize(self._unprefix(kb), *plain)
-                    for node in plans[kb][1:]:
-                        refill = self._refill_call(kb, node, plain, abs_expiry)
-                        if refill is not None:
-                            refills.append(refill)
-                elif kind is not Kind.TOMBSTONE:
-                    slow.append(kb)
+            kind, plain, abs_expiry = copies.decode(item, now)
+            if kind is Kind.VALUE:
+                out[by_kb[kb]] = self._serde.deserialize(self._unprefix(kb), *plain)
+                for node in plans[kb][1:]:
+                    refill = self._refill_call(kb, node, plain, abs_expiry)
+                    if refill is not None:
+                        refills.append(refill)
+            elif kind is not Kind.TOMBSTONE:
+                slow.append(kb)
         if refills:  # best effort, like a read-repair
             self._counters["refills"] += sum(r is True for r in self._fan_out(refills))
         failed: dict[bytes, Exception] = {}
@@ -620,6 +614,19 @@ class BackupClient(Client):
         return result
 
     get_multi = get_many
+
+    def _from_primaries(self, method: str, groups: Mapping[Node, list[bytes]],
+                        slow: list[bytes]) -> Iterator[tuple[bytes, Any]]:
+        """``method`` (a multi-key read) on every node of ``groups`` at once: each
+        key with its reply (None on a miss). The keys of a node that failed go
+        to ``slow``, for the single-key path."""
+        calls: list[Call] = [(node, method, (kbs,)) for node, kbs in groups.items()]
+        for (_, _, (kbs,)), got in zip(calls, self._fan_out(calls), strict=True):
+            if isinstance(got, MemringError):
+                slow.extend(kbs)
+                continue
+            for kb in kbs:
+                yield kb, got.get(kb)
 
     def gets_many(self, keys: Iterable[str | bytes]) -> dict[Any, tuple[Any, Any]]:
         """``{key: (value, cas_token)}``, tokens from each key's primary.
@@ -637,21 +644,15 @@ class BackupClient(Client):
                 slow.append(kb)
             else:
                 groups[pair[0]].append(kb)
-        calls: list[Call] = [(node, "gets_many", (kbs,)) for node, kbs in groups.items()]
         out: dict[Any, tuple[Any, Any]] = {}
         now = self._clock.time()
-        for (_, _, (kbs,)), got in zip(calls, self._fan_out(calls), strict=True):
-            if isinstance(got, MemringError):
-                slow.extend(kbs)
-                continue
-            for kb in kbs:
-                reply = got.get(kb)
-                kind, plain, _ = copies.decode(reply[0], now) if reply else (None, None, 0)
-                if kind is Kind.VALUE and plain is not None:
-                    out[by_kb[kb]] = (
-                        self._serde.deserialize(self._unprefix(kb), plain[0], plain[1]), reply[1])
-                elif kind is not Kind.TOMBSTONE:
-                    slow.append(kb)  # a miss, or a marker: the backup may have it
+        for kb, reply in self._from_primaries("gets_many", groups, slow):
+            kind, plain, _ = copies.decode(reply[0], now) if reply else (None, None, 0)
+            if kind is Kind.VALUE and plain is not None:
+                out[by_kb[kb]] = (
+                    self._serde.deserialize(self._unprefix(kb), plain[0], plain[1]), reply[1])
+            elif kind is not Kind.TOMBSTONE:
+                slow.append(kb)  # a miss, or a marker: the backup may have it
         failed: dict[bytes, Exception] = {}
         self._one_by_one(self._gets_or_missing, slow, by_kb, out, failed)
         result: dict[Any, tuple[Any, Any]] = self._finish_many("gets_many", out, failed, by_kb)
