@@ -498,13 +498,29 @@ class SingleFault:
     """What the Invariant S state machines share: one faulty node at a time,
     every client made to notice it, and reads checked against a key's model.
 
-    A subclass sets ``clients``, ``cluster``, ``clock`` and ``faulty``.
+    Put it before ``RuleBasedStateMachine`` among the bases; the subclass
+    adds its own model of the keys.
     """
 
-    clients: Sequence[Client]
-    cluster: FakeCluster
-    clock: FakeClock
-    faulty: Node | None
+    def __init__(self, nodes: int, clients: int, timeout_cost: float,
+                 make_client: Callable[[FakeCluster, FakeClock], Client]) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.cluster = FakeCluster(nodes, self.clock, timeout_cost=timeout_cost)
+        self.clients = [make_client(self.cluster, self.clock) for _ in range(clients)]
+        self.values = itertools.count()
+        self.faulty: Node | None = None
+
+    def teardown(self) -> None:
+        for c in self.clients:
+            c.close()
+
+    def _value(self, key: str) -> str:
+        """A value never written before."""
+        return f"{key}={next(self.values)}"
+
+    def _deadline(self, expire: int) -> float | None:
+        return None if expire == 0 else self.clock.time() + expire
 
     @staticmethod
     def sees_down(c: Client, node: Node) -> bool:

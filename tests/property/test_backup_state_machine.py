@@ -117,26 +117,11 @@ class KeyModel:
 
 class BackupMachine(SingleFault, RuleBasedStateMachine):
     def __init__(self) -> None:
-        super().__init__()
-        self.clock = FakeClock()
-        self.cluster = FakeCluster(NODES, self.clock, timeout_cost=TIMEOUT_COST)
+        super().__init__(NODES, CLIENTS, TIMEOUT_COST, make_client)
         assert self.cluster.nodes == _NODES
-        self.clients = [make_client(self.cluster, self.clock) for _ in range(CLIENTS)]
         self.model: dict[str, KeyModel] = {k: KeyModel() for k in ALL_KEYS}
-        self.values = itertools.count()
-        self.faulty: Node | None = None
-
-    def teardown(self) -> None:
-        for c in self.clients:
-            c.close()
 
     # -- helpers ------------------------------------------------------------
-    def _value(self, key: str) -> str:
-        return f"{key}={next(self.values)}"
-
-    def _deadline(self, expire: int) -> float | None:
-        return None if expire == 0 else self.clock.time() + expire
-
     def _unhealthy(self) -> set[Node]:
         """Nodes that a write made now may not reach, or reach with old data around it."""
         out = {n for n in _NODES if self.cluster[n].state != "up"}

@@ -136,19 +136,10 @@ LATER = st.sampled_from([0, BACKOFF_MAX, FAILOVER_TTL / 2, 2 * FAILOVER_TTL + 1]
 
 class InvariantS(SingleFault, RuleBasedStateMachine):
     def __init__(self) -> None:
-        super().__init__()
-        self.clock = FakeClock()
-        self.cluster = FakeCluster(NODES, self.clock, timeout_cost=TIMEOUT_COST)
+        super().__init__(NODES, CLIENTS, TIMEOUT_COST, make_client)
         assert self.cluster.nodes == _NODES
-        self.clients = [make_client(self.cluster, self.clock) for _ in range(CLIENTS)]
         self.model: dict[str, KeyModel] = {k: KeyModel() for k in ALL_KEYS}
-        self.values = itertools.count()
-        self.faulty: Node | None = None
         self.last_faulty = _NODES[0]
-
-    def teardown(self) -> None:
-        for c in self.clients:
-            c.close()
 
     # -- helpers ------------------------------------------------------------
     def _key(self, choice: int) -> str:
@@ -158,12 +149,6 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
 
     def _keys(self, choices: list[int]) -> list[str]:
         return list(dict.fromkeys(self._key(c) for c in choices))
-
-    def _value(self, key: str) -> str:
-        return f"{key}={next(self.values)}"
-
-    def _deadline(self, expire: int) -> float | None:
-        return None if expire == 0 else self.clock.time() + expire
 
     def _check(self, who: int, key: str, got: object) -> None:
         if got is not None:  # a miss is always allowed
