@@ -291,18 +291,14 @@ def simulate(
         ring: HashRing | None = None
         if "ring" in mode_list or "backup" in mode_list:
             ring = HashRing(nodes, vnodes=vnodes or DEFAULT_VNODES, hash=hash)
+        dead = [i for i, node in enumerate(nodes) if node in killed]
         for mode in mode_list:
+            lost = _count_lost(key_list, _lost_by(mode, n, dead, killed, ring, key_hash), tick)
             if mode == "ring":
-                assert ring is not None
-                lost = _count_ring(ring, set(killed), key_list, tick)
                 expected = ring_expected_loss(n, kill)
             elif mode == "backup":
-                assert ring is not None
-                lost = _count_backup(ring, set(killed), key_list, tick)
                 expected = backup_expected_loss(n, kill)
             else:
-                dead = [i for i, node in enumerate(nodes) if node in killed]
-                lost = _count_modulo(n, dead, key_hash, key_list, tick)
                 expected = modulo_expected_loss(n, dead)
             rows.append(KeylossRow(n, kill, mode, keys, lost, lost / keys, expected))
     return rows
@@ -362,48 +358,39 @@ def _chunks(keys: list[str]) -> Iterable[list[str]]:
         yield keys[start : start + _CHUNK]
 
 
-def _count_ring(
-    ring: HashRing, killed: set[Node], keys: list[str], tick: Callable[[int], None]
-) -> int:
-    """Keys whose owner died."""
-    node_for = ring.node_for
+def _count_lost(keys: list[str], is_lost: Callable[[str], bool],
+                tick: Callable[[int], None]) -> int:
+    """How many of ``keys`` ``is_lost`` says are lost; progress every chunk."""
     lost = 0
     for chunk in _chunks(keys):
-        lost += sum(1 for key in chunk if node_for(key) in killed)
+        lost += sum(1 for key in chunk if is_lost(key))
         tick(len(chunk))
     return lost
 
 
-def _count_backup(
-    ring: HashRing, killed: set[Node], keys: list[str], tick: Callable[[int], None]
-) -> int:
-    """Keys whose primary and backup both died."""
-    nodes_for = ring.nodes_for
-    lost = 0
-    for chunk in _chunks(keys):
-        lost += sum(1 for key in chunk if killed.issuperset(nodes_for(key, 2)))
-        tick(len(chunk))
-    return lost
+def _lost_by(mode: str, n: int, dead: list[int], killed: Iterable[Node], ring: HashRing | None,
+             key_hash: Callable[[str | bytes], int]) -> Callable[[str], bool]:
+    """Is a key lost in ``mode`` once ``killed`` (the nodes at indices ``dead``) are gone?
 
+    ring: its owner died. backup: its primary and backup both died. modulo:
+    its node (by identity) differs between ``h % n`` and ``h % (n - k)``.
+    """
+    if mode == "modulo":
+        survivors = [i for i in range(n) if i not in dead]
+        m = len(survivors)
 
-def _count_modulo(
-    n: int,
-    dead: list[int],
-    key_hash: Callable[[str | bytes], int],
-    keys: list[str],
-    tick: Callable[[int], None],
-) -> int:
-    """Keys whose node (by identity) differs between ``h % n`` and ``h % (n - k)``."""
-    survivors = [i for i in range(n) if i not in dead]
-    m = len(survivors)
-    lost = 0
-    for chunk in _chunks(keys):
-        for key in chunk:
+        def moved(key: str) -> bool:
             h = key_hash(key)
-            if survivors[h % m] != h % n:
-                lost += 1
-        tick(len(chunk))
-    return lost
+            return survivors[h % m] != h % n
+
+        return moved
+    assert ring is not None
+    gone = set(killed)
+    if mode == "backup":
+        nodes_for = ring.nodes_for
+        return lambda key: gone.issuperset(nodes_for(key, 2))
+    node_for = ring.node_for
+    return lambda key: node_for(key) in gone
 
 
 # -- the live measurement --------------------------------------------------------
