@@ -362,48 +362,29 @@ class PymemcacheTransport:
             return _Pending(self, None, read, method, args, exc)
         return _Pending(self, conn, read, method, args)
 
-    def _now(self, method: str, args: tuple[Any, ...]) -> Any:
-        """``_send(method, args).result()``, without a pending reply object on success."""
-        request, read = _PIPELINED[method](*args)
-        pool = self._pool
-        conn: Client | None = None
-        try:
-            conn = pool.get()
-            if conn.sock is None:
-                conn._connect()
-                assert conn.sock is not None
-            conn.sock.sendall(request)
-            value = read(conn)
-        except Exception as exc:
-            if conn is not None:
-                pool.destroy(conn)
-            return _Pending(self, None, read, method, args, exc).result()
-        pool.release(conn)
-        return value
-
     def get(self, key: bytes) -> Item | None:
-        result: Item | None = self._now("get", (key,))
+        result: Item | None = self._send("get", (key,)).result()
         return result
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
-        result: dict[bytes, Item] = self._now("get_many", (keys,))
+        result: dict[bytes, Item] = self._send("get_many", (keys,)).result()
         return result
 
     def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]:
-        result: dict[bytes, tuple[Item, bytes]] = self._now("gets_many", (keys,))
+        result: dict[bytes, tuple[Item, bytes]] = self._send("gets_many", (keys,)).result()
         return result
 
     def set(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._now("set", (key, item, expire)))
+        return bool(self._send("set", (key, item, expire)).result())
 
     def set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]:
-        return list(self._now("set_many", (items, expire)))
+        return list(self._send("set_many", (items, expire)).result())
 
     def add(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._now("add", (key, item, expire)))
+        return bool(self._send("add", (key, item, expire)).result())
 
     def replace(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._now("replace", (key, item, expire)))
+        return bool(self._send("replace", (key, item, expire)).result())
 
     def append(self, key: bytes, data: bytes) -> bool:
         return bool(self._call(key, "append", key, (data, 0), noreply=False))
@@ -412,14 +393,14 @@ class PymemcacheTransport:
         return bool(self._call(key, "prepend", key, (data, 0), noreply=False))
 
     def cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None:
-        result: bool | None = self._now("cas", (key, item, cas, expire))
+        result: bool | None = self._send("cas", (key, item, cas, expire)).result()
         return result
 
     def delete(self, key: bytes) -> bool:
-        return bool(self._now("delete", (key,)))
+        return bool(self._send("delete", (key,)).result())
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
-        self._now("delete_many", (keys,))
+        self._send("delete_many", (keys,)).result()
 
     def incr(self, key: bytes, delta: int) -> int | None:
         result: int | None = self._call(key, "incr", key, delta, noreply=False)
@@ -430,7 +411,7 @@ class PymemcacheTransport:
         return result
 
     def touch(self, key: bytes, expire: int) -> bool:
-        return bool(self._now("touch", (key, expire)))
+        return bool(self._send("touch", (key, expire)).result())
 
     def stats(self, *args: str) -> dict[bytes, Any]:
         return dict(self._call(None, "stats", *args))
