@@ -18,7 +18,6 @@ import struct
 import types
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -192,9 +191,8 @@ class _Pending:
 
     __slots__ = ("_transport", "_conn", "_read", "_method", "_args", "_error")
 
-    def __init__(self, transport: PymemcacheTransport, conn: Client | None,
-                 read: Callable[[Client], Any], method: str,
-                 args: tuple[Any, ...], error: Exception | None = None) -> None:
+    def __init__(self, transport: PymemcacheTransport, conn: Client | None, read: Reader,
+                 method: str, args: tuple[Any, ...], error: Exception | None = None) -> None:
         self._transport = transport
         self._conn = conn
         self._read = read
@@ -211,10 +209,11 @@ class _Pending:
         conn, exc = self._conn, self._error
         if conn is not None:
             try:
-                assert conn.sock is not None
-                if wait is not None and not select.select([conn.sock], [], [], max(wait, 0))[0]:
+                sock = conn.sock
+                assert sock is not None
+                if wait is not None and not select.select([sock], [], [], max(wait, 0))[0]:
                     raise TimeoutError("no reply")
-                value = self._read(conn)
+                value = self._read(conn, sock.recv(READ_SIZE), self._args)
             except Exception as error:
                 exc = error
             else:
@@ -222,22 +221,28 @@ class _Pending:
                 return value
             t._pool.destroy(conn)
         assert exc is not None
-        key = self._key()
-        if retry and isinstance(exc, _STALE):
-            return t._after_stale(
-                key, lambda: t._send(self._method, self._args).result(retry=False))
-        if isinstance(exc, _TRANSLATED):
-            raise _translate(exc, t.node, key) from exc
-        raise exc
+        return t._recover(exc, self._method, self._args, retry)
 
-    def _key(self) -> object:
-        """The key (or keys) of the call, for the error's context."""
-        first = self._args[0]
-        if isinstance(first, Mapping):
-            first = list(first)
-        if isinstance(first, (list, tuple)) and len(first) == 1:
-            return first[0]
-        return first
+
+def _key_of(args: tuple[Any, ...]) -> object:
+    """The key (or keys) of a call, for the error's context."""
+    first = args[0]
+    if isinstance(first, Mapping):
+        first = list(first)
+    if isinstance(first, (list, tuple)) and len(first) == 1:
+        return first[0]
+    return first
+
+
+def _write(conn: Client, request: bytes) -> socket.socket:
+    """Send ``request`` on ``conn`` (connecting it first if it is new); returns its socket."""
+    sock: socket.socket | None = conn.sock
+    if sock is None:
+        conn._connect()
+        sock = conn.sock
+        assert sock is not None
+    sock.sendall(request)
+    return sock
 
 
 class PymemcacheTransport:
@@ -346,45 +351,75 @@ class PymemcacheTransport:
         return self._send(method, args)
 
     def _send(self, method: str, args: tuple[Any, ...]) -> _Pending:
-        request, read = _PIPELINED[method](*args)
+        build, read = _PIPELINED[method]
+        request = build(*args)
         pool = self._pool
         try:
             conn = pool.get()  # RuntimeError past max_pool_size: raised by .result()
         except Exception as exc:
             return _Pending(self, None, read, method, args, exc)
         try:
-            if conn.sock is None:
-                conn._connect()
-                assert conn.sock is not None
-            conn.sock.sendall(request)
+            _write(conn, request)
         except Exception as exc:
             pool.destroy(conn)
             return _Pending(self, None, read, method, args, exc)
         return _Pending(self, conn, read, method, args)
 
+    def _now(self, method: str, args: tuple[Any, ...], retry: bool = True) -> Any:
+        """``_send(method, args).result()`` without the pending reply object.
+
+        Every single-key call takes this path: not building that object
+        and its calls is a third of this layer's CPU time per call.
+        """
+        build, read = _PIPELINED[method]
+        request = build(*args)
+        pool = self._pool
+        conn = pool.get()
+        try:
+            result = read(conn, _write(conn, request).recv(READ_SIZE), args)
+        except Exception as exc:
+            pool.destroy(conn)
+            return self._recover(exc, method, args, retry)
+        pool.release(conn)
+        return result
+
+    def _recover(self, exc: Exception, method: str, args: tuple[Any, ...], retry: bool) -> Any:
+        """After ``exc`` broke a pipelined call (its connection already dropped).
+
+        A stale pooled connection is retried on fresh ones (``retry``);
+        anything else raises, as memring's error if :func:`translate_errors`
+        would translate it.
+        """
+        key = _key_of(args)
+        if retry and isinstance(exc, _STALE):
+            return self._after_stale(key, lambda: self._now(method, args, retry=False))
+        if isinstance(exc, _TRANSLATED):
+            raise _translate(exc, self.node, key) from exc
+        raise exc
+
     def get(self, key: bytes) -> Item | None:
-        result: Item | None = self._send("get", (key,)).result()
+        result: Item | None = self._now("get", (key,))
         return result
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
-        result: dict[bytes, Item] = self._send("get_many", (keys,)).result()
+        result: dict[bytes, Item] = self._now("get_many", (keys,))
         return result
 
     def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]:
-        result: dict[bytes, tuple[Item, bytes]] = self._send("gets_many", (keys,)).result()
+        result: dict[bytes, tuple[Item, bytes]] = self._now("gets_many", (keys,))
         return result
 
     def set(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._send("set", (key, item, expire)).result())
+        return bool(self._now("set", (key, item, expire)))
 
     def set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]:
-        return list(self._send("set_many", (items, expire)).result())
+        return list(self._now("set_many", (items, expire)))
 
     def add(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._send("add", (key, item, expire)).result())
+        return bool(self._now("add", (key, item, expire)))
 
     def replace(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self._send("replace", (key, item, expire)).result())
+        return bool(self._now("replace", (key, item, expire)))
 
     def append(self, key: bytes, data: bytes) -> bool:
         return bool(self._call(key, "append", key, (data, 0), noreply=False))
@@ -393,14 +428,14 @@ class PymemcacheTransport:
         return bool(self._call(key, "prepend", key, (data, 0), noreply=False))
 
     def cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None:
-        result: bool | None = self._send("cas", (key, item, cas, expire)).result()
+        result: bool | None = self._now("cas", (key, item, cas, expire))
         return result
 
     def delete(self, key: bytes) -> bool:
-        return bool(self._send("delete", (key,)).result())
+        return bool(self._now("delete", (key,)))
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
-        self._send("delete_many", (keys,)).result()
+        self._now("delete_many", (keys,))
 
     def incr(self, key: bytes, delta: int) -> int | None:
         result: int | None = self._call(key, "incr", key, delta, noreply=False)
@@ -411,7 +446,7 @@ class PymemcacheTransport:
         return result
 
     def touch(self, key: bytes, expire: int) -> bool:
-        return bool(self._send("touch", (key, expire)).result())
+        return bool(self._now("touch", (key, expire)))
 
     def stats(self, *args: str) -> dict[bytes, Any]:
         return dict(self._call(None, "stats", *args))
@@ -457,7 +492,10 @@ class PymemcacheTransport:
 # Keys reach the transport already checked by :func:`memring.client.keys.encode_key`
 # (no whitespace or control characters, at most 250 bytes).
 
-Reader = Callable[[Client], Any]
+#: Reads a reply: ``(connection, its first chunk, the call's arguments)``.
+#: The first chunk is the result of one ``recv``; a reader receives more
+#: from the connection's socket while the reply is not complete.
+Reader = Callable[[Client, bytes, tuple[Any, ...]], Any]
 
 #: Bytes asked of each ``recv``: a reply of a few hundred small values is
 #: read whole at once (a larger buffer costs nothing measurable).
@@ -477,8 +515,8 @@ def _recv_more(sock: socket.socket, buf: bytes, need: int) -> bytes:
     return b"".join(chunks)
 
 
-def _values_reader(keys: Sequence[bytes], name: bytes) -> Reader:
-    """Reads a ``get``/``gets`` reply (``VALUE`` blocks, then ``END``) whole.
+def _values_reader(name: bytes) -> Reader:
+    """Reads a ``get``/``gets`` reply (``VALUE`` blocks, then ``END``) to many keys.
 
     pymemcache's reader takes a reply a line at a time; this one parses a
     buffer that holds the whole reply, two to four times as fast for a batch
@@ -486,20 +524,16 @@ def _values_reader(keys: Sequence[bytes], name: bytes) -> Reader:
     that was not asked for, or bytes after ``END``, mean the connection is
     out of step: it raises, and the connection is dropped.
     """
-    wanted = frozenset(keys)
     fields = 5 if name == b"gets" else 4
 
-    def read(conn: Client) -> dict[bytes, Any]:
-        return _read_values(conn, wanted, fields, name)
+    def read(conn: Client, buf: bytes, args: tuple[Any, ...]) -> dict[bytes, Any]:
+        return _read_values(conn, buf, frozenset(args[0]), fields, name)
 
     return read
 
 
-def _read_values(conn: Client, wanted: Container[bytes], fields: int,
+def _read_values(conn: Client, buf: bytes, wanted: Container[bytes], fields: int,
                  name: bytes) -> dict[bytes, Any]:
-    sock = conn.sock
-    assert sock is not None
-    buf = sock.recv(READ_SIZE)
     if not buf:
         raise MemcacheUnexpectedCloseError()
     if buf.endswith(b"END\r\n"):
@@ -509,14 +543,24 @@ def _read_values(conn: Client, wanted: Container[bytes], fields: int,
     return _scan_values(conn, buf, wanted, fields, name)
 
 
-def _read_item(wanted: tuple[bytes], conn: Client) -> Item | None:
-    """Reads the reply to a ``get`` of one key: its item, or None."""
-    item: Item | None = _read_values(conn, wanted, 4, b"get").get(wanted[0])
+def _read_item(conn: Client, buf: bytes, args: tuple[Any, ...]) -> Item | None:
+    """Reads the reply to a ``get`` of one key: its item, or None.
+
+    The common whole reply, ``VALUE <key> <flags> <length>`` + value +
+    ``END``, is taken apart here, checked as :func:`_split_values` checks it;
+    anything else is left to :func:`_read_values`.
+    """
+    key = args[0]
+    if buf == b"END\r\n":
+        return None
+    eol = buf.find(b"\r\n")
+    header = buf[:eol].split(b" ")
+    if (len(header) == 4 and header[0] == b"VALUE" and header[1] == key
+            and header[3].isdigit() and header[2].isdigit()
+            and len(buf) == eol + 9 + int(header[3]) and buf.endswith(b"\r\nEND\r\n")):
+        return (buf[eol + 2:-7], int(header[2]))
+    item: Item | None = _read_values(conn, buf, (key,), 4, b"get").get(key)
     return item
-
-
-def _get_request(key: bytes) -> tuple[bytes, Reader]:
-    return b"get %s\r\n" % key, partial(_read_item, (key,))
 
 
 def _split_values(buf: bytes, wanted: Container[bytes], fields: int) -> dict[bytes, Any] | None:
@@ -561,7 +605,7 @@ def _scan_values(conn: Client, buf: bytes, wanted: Container[bytes], fields: int
             continue
         if buf.startswith(b"VALUE ", pos):
             header = buf[pos:eol].split()
-            if len(header) != fields:
+            if len(header) != fields or not header[3].isdigit() or not header[2].isdigit():
                 raise MemcacheUnknownError(buf[pos:eol][:64])
             start = eol + 2
             end = start + int(header[3])
@@ -585,17 +629,16 @@ def _scan_values(conn: Client, buf: bytes, wanted: Container[bytes], fields: int
             raise MemcacheUnknownError(line[:64])
 
 
-def _read_lines(conn: Client, count: int) -> list[bytes]:
+def _read_lines(conn: Client, buf: bytes, count: int) -> list[bytes]:
     """The next ``count`` reply lines, without their CRLFs: the whole reply, or raise.
 
-    Reads until ``count`` line ends have arrived; more than that means the
-    connection is out of step.
+    ``buf`` is what was read so far; reads until ``count`` line ends have
+    arrived. More than that means the connection is out of step.
     """
-    sock = conn.sock
-    assert sock is not None
-    buf = sock.recv(READ_SIZE)
     seen = buf.count(b"\r\n")
     if seen < count:
+        sock = conn.sock
+        assert sock is not None
         chunks = [buf]
         while seen < count:
             if not chunks[-1]:
@@ -619,20 +662,24 @@ def _reply(conn: Client, name: bytes, replies: Mapping[bytes, Any], line: bytes)
     raise MemcacheUnknownError(line[:64])
 
 
-def _lines_reader(name: bytes, count: int, replies: Mapping[bytes, Any]) -> Reader:
-    """Reads ``count`` one-line replies, each mapped through ``replies``."""
+def _lines_reader(name: bytes, replies: Mapping[bytes, Any]) -> Reader:
+    """Reads one one-line reply per key of the call's first argument, mapped through ``replies``."""
 
-    def read(conn: Client) -> list[Any]:
-        return [_reply(conn, name, replies, line) for line in _read_lines(conn, count)]
+    def read(conn: Client, buf: bytes, args: tuple[Any, ...]) -> list[Any]:
+        return [_reply(conn, name, replies, line)
+                for line in _read_lines(conn, buf, len(args[0]))]
 
     return read
 
 
 def _line_reader(name: bytes, replies: Mapping[bytes, Any]) -> Reader:
     """Reads one one-line reply, mapped through ``replies``."""
+    whole = {line + b"\r\n": meaning for line, meaning in replies.items()}
 
-    def read(conn: Client) -> Any:
-        (line,) = _read_lines(conn, 1)
+    def read(conn: Client, buf: bytes, args: tuple[Any, ...]) -> Any:
+        if buf in whole:  # the usual case: the whole reply in one chunk
+            return whole[buf]
+        (line,) = _read_lines(conn, buf, 1)
         return _reply(conn, name, replies, line)
 
     return read
@@ -650,65 +697,74 @@ def _storage(name: bytes, key: bytes, item: Item, expire: int, cas: bytes = b"")
                                              b" " + cas if cas else b"", data)
 
 
-def _store_request(name: bytes) -> Callable[[bytes, Item, int], tuple[bytes, Reader]]:
-    reader = _line_reader(name, _STORED)
-
-    def request(key: bytes, item: Item, expire: int) -> tuple[bytes, Reader]:
+def _store_request(name: bytes) -> Callable[[bytes, Item, int], bytes]:
+    def request(key: bytes, item: Item, expire: int) -> bytes:
         data, flags = item  # _storage(), inlined: this is every set's path
-        return b"%s %s %d %d %d\r\n%s\r\n" % (name, key, flags, expire, len(data), data), reader
+        return b"%s %s %d %d %d\r\n%s\r\n" % (name, key, flags, expire, len(data), data)
     return request
 
 
-def _cas_request(key: bytes, item: Item, cas: bytes, expire: int) -> tuple[bytes, Reader]:
-    return _storage(b"cas", key, item, expire, cas), _CAS_READER
+def _cas_request(key: bytes, item: Item, cas: bytes, expire: int) -> bytes:
+    return _storage(b"cas", key, item, expire, cas)
 
 
-def _fetch_request(name: bytes) -> Callable[[Sequence[bytes]], tuple[bytes, Reader]]:
-    def request(keys: Sequence[bytes]) -> tuple[bytes, Reader]:
-        return b"%s %s\r\n" % (name, b" ".join(keys)), _values_reader(keys, name)
+def _key_request(name: bytes) -> Callable[[bytes], bytes]:
+    def request(key: bytes) -> bytes:
+        return b"%s %s\r\n" % (name, key)
     return request
 
 
-def _set_many_request(items: Mapping[bytes, Item], expire: int) -> tuple[bytes, Reader]:
-    keys = list(items)
-    read_lines = _lines_reader(b"set", len(keys), _STORED)
-
-    def read(conn: Client) -> list[bytes]:
-        return [k for k, ok in zip(keys, read_lines(conn), strict=True) if not ok]
-    return b"".join(_storage(b"set", k, items[k], expire) for k in keys), read
+def _fetch_request(name: bytes) -> Callable[[Sequence[bytes]], bytes]:
+    def request(keys: Sequence[bytes]) -> bytes:
+        return b"%s %s\r\n" % (name, b" ".join(keys))
+    return request
 
 
-def _delete_request(key: bytes) -> tuple[bytes, Reader]:
-    return b"delete %s\r\n" % key, _DELETE_READER
+def _set_many_request(items: Mapping[bytes, Item], expire: int) -> bytes:
+    return b"".join(_storage(b"set", k, item, expire) for k, item in items.items())
 
 
-def _delete_many_request(keys: Sequence[bytes]) -> tuple[bytes, Reader]:
-    read_lines = _lines_reader(b"delete", len(keys), _DELETED)
-
-    def read(conn: Client) -> None:
-        read_lines(conn)
-    return b"".join(b"delete %s\r\n" % k for k in keys), read
+_read_stored_lines = _lines_reader(b"set", _STORED)
 
 
-def _touch_request(key: bytes, expire: int) -> tuple[bytes, Reader]:
-    return b"touch %s %d\r\n" % (key, expire), _TOUCH_READER
+def _read_set_many(conn: Client, buf: bytes, args: tuple[Any, ...]) -> list[bytes]:
+    """The keys of a ``set_many`` that were not stored."""
+    keys = list(args[0])
+    stored = _read_stored_lines(conn, buf, args)
+    return [k for k, ok in zip(keys, stored, strict=True) if not ok]
 
 
-_CAS_READER = _line_reader(b"cas", _CAS)
-_DELETE_READER = _line_reader(b"delete", _DELETED)
-_TOUCH_READER = _line_reader(b"touch", _TOUCHED)
+_read_deleted_lines = _lines_reader(b"delete", _DELETED)
 
-#: Transport method -> ``(request bytes, reply reader)`` for its arguments.
-_PIPELINED: dict[str, Callable[..., tuple[bytes, Reader]]] = {
-    "get": _get_request,
-    "get_many": _fetch_request(b"get"),
-    "gets_many": _fetch_request(b"gets"),
-    "set": _store_request(b"set"),
-    "add": _store_request(b"add"),
-    "replace": _store_request(b"replace"),
-    "cas": _cas_request,
-    "set_many": _set_many_request,
-    "delete": _delete_request,
-    "delete_many": _delete_many_request,
-    "touch": _touch_request,
+
+def _delete_many_request(keys: Sequence[bytes]) -> bytes:
+    return b"".join(b"delete %s\r\n" % k for k in keys)
+
+
+def _read_delete_many(conn: Client, buf: bytes, args: tuple[Any, ...]) -> None:
+    _read_deleted_lines(conn, buf, args)
+
+
+def _touch_request(key: bytes, expire: int) -> bytes:
+    return b"touch %s %d\r\n" % (key, expire)
+
+
+def _store(name: bytes) -> tuple[Callable[..., bytes], Reader]:
+    return _store_request(name), _line_reader(name, _STORED)
+
+
+#: Transport method -> ``(request builder, reply reader)``: the builder
+#: makes the request bytes from the method's arguments.
+_PIPELINED: dict[str, tuple[Callable[..., bytes], Reader]] = {
+    "get": (_key_request(b"get"), _read_item),
+    "get_many": (_fetch_request(b"get"), _values_reader(b"get")),
+    "gets_many": (_fetch_request(b"gets"), _values_reader(b"gets")),
+    "set": _store(b"set"),
+    "add": _store(b"add"),
+    "replace": _store(b"replace"),
+    "cas": (_cas_request, _line_reader(b"cas", _CAS)),
+    "set_many": (_set_many_request, _read_set_many),
+    "delete": (_key_request(b"delete"), _line_reader(b"delete", _DELETED)),
+    "delete_many": (_delete_many_request, _read_delete_many),
+    "touch": (_touch_request, _line_reader(b"touch", _TOUCHED)),
 }

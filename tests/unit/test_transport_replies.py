@@ -20,7 +20,7 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from memring.client.transport import _PIPELINED, _KernelTimeoutSockets
+from memring.client.transport import _PIPELINED, READ_SIZE, _KernelTimeoutSockets
 
 
 class ScriptedSocket:
@@ -66,8 +66,9 @@ def value_reply(items: dict[bytes, tuple[bytes, int]], cas: bool = False) -> byt
 
 
 def run(method: str, args: tuple[Any, ...], chunks: list[bytes]) -> Any:
-    request, read = _PIPELINED[method](*args)
-    return request, read(Conn(chunks))
+    build, read = _PIPELINED[method]
+    conn = Conn(chunks)
+    return build(*args), read(conn, conn.sock.recv(READ_SIZE), args)
 
 
 keys = st.binary(min_size=1, max_size=12).map(lambda b: b"k" + b.hex().encode())
@@ -89,6 +90,17 @@ def test_values_are_read_whatever_the_cuts_and_contents(
         assert got == items
 
 
+@settings(max_examples=300, deadline=None)
+@given(key=keys, data=values, flags=st.integers(0, 2**32 - 1), hit=st.booleans(),
+       points=st.lists(st.integers(0, 10_000), max_size=6))
+def test_one_key_get_is_read_whatever_the_cuts_and_contents(
+        key: bytes, data: bytes, flags: int, hit: bool, points: list[int]) -> None:
+    reply = value_reply({key: (data, flags)} if hit else {})
+    request, got = run("get", (key,), cut(reply, points))
+    assert request == b"get " + key + b"\r\n"
+    assert got == ((data, flags) if hit else None)
+
+
 def test_a_large_value_arrives_in_many_reads() -> None:
     data = bytes(range(256)) * 4096  # 1 MiB, CRLFs included
     reply = value_reply({b"big": (data, 7)})
@@ -106,6 +118,19 @@ def test_a_large_value_arrives_in_many_reads() -> None:
 def test_a_reply_out_of_step_is_refused(reply: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         run("get_many", ([b"k"],), [reply])
+    with pytest.raises(error):
+        run("get", (b"k",), [reply])
+
+
+@pytest.mark.parametrize("reply", [
+    b"VALUE k x 1\r\nv\r\nEND\r\n",  # flags not a number
+    b"VALUE k 0 -1\r\nv\r\nEND\r\n",  # a length not a number
+    b"VALUE k 0 1 2 3\r\nv\r\nEND\r\n",  # a field too many
+])
+def test_a_malformed_header_is_refused(reply: bytes) -> None:
+    for method, args in (("get", (b"k",)), ("get_many", ([b"k"],))):
+        with pytest.raises(MemcacheUnknownError):
+            run(method, args, [reply])
 
 
 @pytest.mark.parametrize("method, args, reply, expected", [
@@ -136,10 +161,14 @@ def test_many_one_line_replies_whatever_the_cuts(stored: list[bool], points: lis
 
 
 def test_storage_requests_are_memcached_commands() -> None:
-    assert _PIPELINED["set"](b"k", (b"v\r\n", 5), 30)[0] == b"set k 5 30 3\r\nv\r\n\r\n"
-    assert _PIPELINED["cas"](b"k", (b"v", 0), b"9", 0)[0] == b"cas k 0 0 1 9\r\nv\r\n"
-    assert _PIPELINED["delete_many"]([b"a", b"b"])[0] == b"delete a\r\ndelete b\r\n"
-    assert _PIPELINED["touch"](b"k", 7)[0] == b"touch k 7\r\n"
+    def request(method: str, *args: Any) -> bytes:
+        return _PIPELINED[method][0](*args)
+
+    assert request("set", b"k", (b"v\r\n", 5), 30) == b"set k 5 30 3\r\nv\r\n\r\n"
+    assert request("cas", b"k", (b"v", 0), b"9", 0) == b"cas k 0 0 1 9\r\nv\r\n"
+    assert request("delete", b"k") == b"delete k\r\n"
+    assert request("delete_many", [b"a", b"b"]) == b"delete a\r\ndelete b\r\n"
+    assert request("touch", b"k", 7) == b"touch k 7\r\n"
 
 
 def test_an_unexpected_line_is_refused() -> None:
