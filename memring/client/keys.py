@@ -18,6 +18,8 @@ _FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
 def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
     """The wire form of ``key`` (prefix + UTF-8 bytes), or raise :class:`InvalidKey`.
 
+    ``prefix`` must be valid on its own (the client checks its prefix once).
+
     >>> encode_key("session:1", b"app:")
     b'app:session:1'
     >>> encode_key("a\\r\\nflush_all")
@@ -27,8 +29,12 @@ def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
     """
     if isinstance(key, str):
         raw = key.encode("utf-8")
+        # ASCII, printable (no control character or DEL) and no space: the
+        # usual key, cleared without a regex scan.
+        plain = key.isascii() and key.isprintable() and " " not in key
     elif isinstance(key, bytes):
         raw = key
+        plain = False
     else:
         raise InvalidKey(f"key must be str or bytes, got {type(key).__name__}", key=key)
     if not raw:
@@ -39,7 +45,7 @@ def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
             f"key is {len(full)} bytes with its prefix; memcached allows {MAX_KEY_LENGTH}",
             key=key,
         )
-    if _FORBIDDEN.search(full):
+    if not plain and _FORBIDDEN.search(raw):
         raise InvalidKey(f"key contains whitespace or a control character: {key!r}", key=key)
     return full
 

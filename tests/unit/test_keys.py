@@ -40,3 +40,16 @@ def test_the_error_names_the_first_bad_key() -> None:
     assert info.value.key == "a\r\nflush_all"
     assert encode_keys([]) == {}
     assert encode_keys(iter(["x", "x"])) == {b"x": "x"}
+
+
+@settings(max_examples=500, deadline=None)
+@given(key=st.text(max_size=30) | st.binary(max_size=30))
+def test_a_key_is_refused_exactly_when_its_bytes_could_end_the_command(key: str | bytes) -> None:
+    raw = key.encode() if isinstance(key, str) else key
+    unsafe = not raw or any(b <= 0x20 or b == 0x7f for b in raw)
+    if unsafe:
+        with pytest.raises(InvalidKey):
+            encode_key(key)
+    else:
+        assert encode_key(key) == raw
+        assert encode_key(key, b"app:") == b"app:" + raw
