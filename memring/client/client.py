@@ -38,7 +38,14 @@ from typing import Any, TypeVar
 
 from memring.client import copies, defaults, mutations
 from memring.client.copies import Kind
-from memring.client.health import Clock, HealthMonitor, NodeState, NodeStatus, SystemClock
+from memring.client.health import (
+    Clock,
+    HealthMonitor,
+    NodeHealth,
+    NodeState,
+    NodeStatus,
+    SystemClock,
+)
 from memring.client.keys import encode_key, encode_keys
 from memring.client.policies import Failover, HealthPolicy, Timeouts
 from memring.client.serde import RESERVED_FLAGS, Serde, safe_serde
@@ -186,6 +193,10 @@ class Client:
         for transport in self._transports.values():
             if hasattr(transport, "on_reconnect"):
                 transport.on_reconnect = self._health.note_reconnect
+        #: Each node's transport and health record: the fast path of a call
+        #: whose home node is up finds both with one lookup.
+        self._homes: dict[Node, tuple[NodeTransport, NodeHealth]] = {
+            node: (t, self._health.record(node)) for node, t in self._transports.items()}
         self._hints: dict[Node, dict[bytes, None]] = defaultdict(dict)
         self._hints_lock = threading.Lock()
         self._counters: dict[str, int] = defaultdict(int)
@@ -284,13 +295,22 @@ class Client:
 
     def _call(self, node: Node, method: str, *args: Any) -> Any:
         """Call a transport method on ``node``, keeping its health up to date."""
+        transport, health = self._homes[node]
         try:
-            result = getattr(self._transports[node], method)(*args)
+            result = getattr(transport, method)(*args)
         except MemringError as exc:
             self._health.record_failure(node, exc)
             raise
-        self._health.record_success(node)
+        health.succeeded()
         return result
+
+    def _failed(self, node: Node, exc: MemringError) -> NodeUnavailable:
+        """Count a failed call on ``node``; return ``exc`` if another node
+        may take the call (the node is unavailable), else raise it."""
+        self._health.record_failure(node, exc)
+        if isinstance(exc, NodeUnavailable):
+            return exc
+        raise exc
 
     def _failover_node(self, kb: bytes, home: Node) -> Node:
         for node in self._ring.nodes_for(kb, len(self._ring))[1:]:
@@ -554,13 +574,15 @@ class Client:
         """The value of ``key``, or ``default`` on a miss."""
         kb = encode_key(key, self._prefix)
         home = self._ring.node_for(kb)
+        transport, health = self._homes[home]
         failed: NodeUnavailable | None = None
-        if self._health.state(home) is NodeState.UP:  # the common case, without callbacks
+        if health.state is NodeState.UP:  # the common case, without callbacks
             try:
-                got: Item | None = self._call(home, "get", kb)
-            except NodeUnavailable as exc:
-                failed = exc
+                got = transport.get(kb)
+            except MemringError as exc:
+                failed = self._failed(home, exc)
             else:
+                health.succeeded()
                 return default if got is None else self._deserialize(kb, got, default)
 
         def up(h: Node) -> Item | None:
@@ -614,13 +636,15 @@ class Client:
 
     def _set_item(self, kb: bytes, item: Item, expire: int, noreply: bool | None) -> bool:
         home = self._ring.node_for(kb)
+        transport, health = self._homes[home]
         failed: NodeUnavailable | None = None
-        if self._health.state(home) is NodeState.UP:  # the common case, without callbacks
+        if health.state is NodeState.UP:  # the common case, without callbacks
             try:
-                ok = self._call(home, "set", kb, item, expire)
-            except NodeUnavailable as exc:
-                failed = exc
+                ok = transport.set(kb, item, expire)
+            except MemringError as exc:
+                failed = self._failed(home, exc)
             else:
+                health.succeeded()
                 return bool(self._replied(noreply, ok))
         return bool(self._store(
             kb, noreply, lambda h: self._call(h, "set", kb, item, expire),
@@ -790,7 +814,8 @@ class Client:
         an error that is not a memring error is raised.
         """
         start = time.monotonic()
-        replies = [self._transports[node].send(method, *args) for node, method, args in calls]
+        homes = self._homes
+        replies = [homes[node][0].send(method, *args) for node, method, args in calls]
         out: list[Any] = []
         deadline: float | None = None
         unexpected: Exception | None = None
@@ -806,7 +831,7 @@ class Client:
             except Exception as exc:  # e.g. max_pool_size reached
                 unexpected = unexpected or exc
                 continue
-            self._health.record_success(node)
+            homes[node][1].succeeded()
             out.append(result)
         if unexpected is not None:
             raise unexpected

@@ -75,7 +75,10 @@ class NodeStatus:
     state_changes: int
 
 
-class _Health:
+class NodeHealth:
+    """One node's live health record. The monitor owns it; a client's fast
+    path reads ``state`` and calls :meth:`succeeded` on it directly."""
+
     __slots__ = (
         "answered_at", "checking",
         "down_at", "errors", "failovers", "failures", "last_error", "lock", "next_down_call_at",
@@ -100,6 +103,13 @@ class _Health:
         self.ops = self.errors = self.timeouts = self.failovers = self.state_changes = 0
         self.checking = False
         self.answered_at: float | None = None
+
+    def succeeded(self) -> None:
+        """Count a call that the node answered."""
+        if self.failures:
+            with self.lock:
+                self.failures = 0
+        self.ops += 1  # approximate under contention, like every hot-path counter
 
 
 class HealthMonitor:
@@ -129,7 +139,7 @@ class HealthMonitor:
         self._on_down = on_down if down_interval is not None else None
         self._down_interval = down_interval or 0.0
         self._rng = rng or random.Random()
-        self._nodes = {node: _Health(node) for node in transports}
+        self._nodes = {node: NodeHealth(node) for node in transports}
         self._background = background
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -149,12 +159,10 @@ class HealthMonitor:
     def is_down(self, node: Node) -> bool:
         return self._nodes[node].state is NodeState.DOWN
 
-    def record_success(self, node: Node) -> None:
-        h = self._nodes[node]
-        if h.failures:
-            with h.lock:
-                h.failures = 0
-        h.ops += 1  # approximate under contention, like every hot-path counter
+    def record(self, node: Node) -> NodeHealth:
+        """``node``'s live record (its ``state`` is exact except for a warming
+        window that is over: :meth:`state` ends that)."""
+        return self._nodes[node]
 
     def record_failure(self, node: Node, exc: MemringError) -> bool:
         """Count a failed call; returns True if the node is (now) down."""
@@ -191,7 +199,7 @@ class HealthMonitor:
             h.failovers += 1
 
     # -- probing ---------------------------------------------------------
-    def _set_state(self, h: _Health, state: NodeState, why: str) -> None:
+    def _set_state(self, h: NodeHealth, state: NodeState, why: str) -> None:
         old, h.state = h.state, state
         h.state_changes += 1
         level = logging.WARNING if state is NodeState.DOWN else logging.INFO
