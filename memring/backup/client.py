@@ -54,7 +54,7 @@ from memring.client import copies, mutations
 from memring.client.client import CAS_ATTEMPTS, Client, _cas_token, _check_expire
 from memring.client.copies import Kind
 from memring.client.health import NodeState
-from memring.client.keys import encode_keys
+from memring.client.keys import encode_key, encode_keys
 from memring.client.transport import Item
 from memring.errors import (
     ClusterError,
@@ -268,10 +268,10 @@ class BackupClient(Client):
     def _healthy_pair(self, kb: bytes) -> list[Node] | None:
         """The key's home pair if both are up (not down, not warming): the common case."""
         pair = self._home_pair(kb)
-        state = self._health.state
-        if state(pair[0]) is NodeState.UP and state(pair[1]) is NodeState.UP:
+        homes = self._homes
+        if homes[pair[0]][1].state is NodeState.UP and homes[pair[1]][1].state is NodeState.UP:
             return pair
-        return None
+        return None  # (a warming window that is over ends on the slow path's state())
 
     def _set_item(self, kb: bytes, item: Item, expire: int, noreply: bool | None) -> bool:
         now = self._clock.time()
@@ -302,12 +302,15 @@ class BackupClient(Client):
         """The key's plain item, from the primary, else the backup (repairing the primary)."""
         pair = self._healthy_pair(kb)
         if pair is not None:  # the common case: the primary, and nothing else on a hit
+            transport, health = self._homes[pair[0]]
             try:
-                got = self._call(pair[0], "get", kb)
-            except NodeUnavailable as exc:
-                if exc.node is None or not self._health.is_down(exc.node):
+                got = transport.get(kb)
+            except MemringError as exc:
+                self._failed(pair[0], exc)  # raises unless the node is unavailable
+                if not self._health.is_down(pair[0]):
                     raise
             else:
+                health.succeeded()
                 if got is not None:
                     kind, plain, _ = copies.decode(got, self._clock.time())
                     if kind is Kind.VALUE:
@@ -471,7 +474,7 @@ class BackupClient(Client):
             self._settling.discard(home)
 
     def get(self, key: str | bytes, default: Any = None) -> Any:
-        kb = self._key(key)
+        kb = encode_key(key, self._prefix)
         item = self._read(kb)
         if item is None:
             return default
