@@ -252,10 +252,8 @@ class Client:
 
     def _serialize(self, kb: bytes, value: Any, flags: int | None = None) -> Item:
         data, serde_flags = self._serde.serialize(kb, value)
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        elif not isinstance(data, bytes):
-            data = bytes(data)
+        if not isinstance(data, bytes):
+            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         if flags is None:
             flags = serde_flags
         if flags & RESERVED_FLAGS or not 0 <= flags < 1 << 32:
