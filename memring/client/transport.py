@@ -262,9 +262,10 @@ class PymemcacheTransport:
     cluster's multi-key calls and the backup client's two writes).
     pymemcache always reads a reply right after writing its request, so the
     commands that can be pipelined (:data:`_PIPELINED`) are written and
-    read here, on pymemcache's connections and with its line reader and
-    error classes; the single-key calls of those commands take the same
-    path. Every other command is pymemcache's own.
+    read here, on pymemcache's connections and with its error classes; a
+    direct call of one of them writes and reads at once (:meth:`_now`),
+    with the same request bytes and reply readers. Every other command is
+    pymemcache's own.
     """
 
     def __init__(
@@ -372,8 +373,9 @@ class PymemcacheTransport:
     def _now(self, method: str, args: tuple[Any, ...], retry: bool = True) -> Any:
         """``_send(method, args).result()`` without the pending reply object.
 
-        Every single-key call takes this path: not building that object
-        and its calls is a third of this layer's CPU time per call.
+        The single-key calls other than get and set (which unroll it) take
+        this path: without that object and its calls, a call spends about
+        a third less CPU time in this layer.
         """
         build, read = _PIPELINED[method]
         request = build(*args)
