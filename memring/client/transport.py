@@ -374,8 +374,8 @@ class PymemcacheTransport:
         """``_send(method, args).result()`` without the pending reply object.
 
         The single-key calls other than get and set (which unroll it) take
-        this path: without that object and its calls, a call spends about
-        a third less CPU time in this layer.
+        this path: without that object and its calls, a call spends 15-20%
+        less CPU time in this layer.
         """
         build, read = _PIPELINED[method]
         request = build(*args)
