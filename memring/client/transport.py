@@ -390,7 +390,8 @@ class PymemcacheTransport:
         return result
 
     def _recover(self, exc: Exception, method: str, args: tuple[Any, ...], retry: bool) -> Any:
-        """After ``exc`` broke a pipelined call (its connection already dropped).
+        """After ``exc`` broke a call of a :data:`_PIPELINED` command (its
+        connection already dropped), sent with :meth:`send` or made directly.
 
         A stale pooled connection is retried on fresh ones (``retry``);
         anything else raises, as memring's error if :func:`translate_errors`
