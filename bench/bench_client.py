@@ -8,7 +8,7 @@ Usage::
 Needs the ``memcached`` binary on PATH and ``pylibmc`` installed
 (``pip install -e '.[bench]'``).
 
-One run starts 4 memcached processes on loopback (:class:`memring.server.LocalCluster`,
+One run starts 4 memcached processes on loopback (:class:`memring.tools.local.LocalCluster`,
 ports chosen at run time, stopped by PID) and measures, in a single thread,
 every client of :data:`CLIENTS` on the same cluster:
 
@@ -69,7 +69,7 @@ from pymemcache.client.base import Client as PymemcacheClient
 from pymemcache.client.hash import HashClient
 
 import memring
-from memring.server import LocalCluster
+from memring.tools.local import LocalCluster
 
 NODES = 4
 VALUE_SIZE = 100

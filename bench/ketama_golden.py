@@ -59,7 +59,7 @@ from typing import Any
 import pylibmc
 from pymemcache.client.base import Client as PymemcacheClient
 
-from memring.server import MemcachedProcess, free_port
+from memring.tools.local import MemcachedProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "data" / "ketama_golden.json"

@@ -8,7 +8,7 @@ traceback.
 ``memring keyloss``
     "If k of N nodes die, what fraction of sessions is lost?" for the
     consistent-hash ring, modulo hashing and backup (two-copy) mode; see
-    :mod:`memring.keyloss`. ``--live`` (the default when a memcached binary is
+    :mod:`memring.tools.keyloss`. ``--live`` (the default when a memcached binary is
     installed) measures on real memcached processes it starts itself, or on
     the servers named by ``--servers`` with ``--down``; ``--simulate`` does
     the placement math only, with no servers. ``--mode all`` (the default)
@@ -35,11 +35,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TextIO
 
-import memring.chaos as chaos
+import memring.tools.chaos as chaos
 from memring import __version__
 from memring.errors import ConfigError, MemringError
 from memring.hashring.hashes import HASHES
-from memring.keyloss import (
+from memring.tools.keyloss import (
     DEFAULT_KEYS,
     FORMATS,
     MODES,
@@ -51,7 +51,7 @@ from memring.keyloss import (
     plot_rows,
     simulate,
 )
-from memring.server import INSTALL_HINT, MemcachedNotFound, find_memcached
+from memring.tools.local import INSTALL_HINT, MemcachedNotFound, find_memcached
 
 __all__ = ["main"]
 
@@ -449,7 +449,7 @@ def _hold_range(text: str) -> tuple[float, float]:
 
 
 def _add_chaos_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
-    """Register ``memring chaos`` (see :mod:`memring.chaos`)."""
+    """Register ``memring chaos`` (see :mod:`memring.tools.chaos`)."""
     defaults = chaos.ChaosConfig()
     p = commands.add_parser(
         "chaos",

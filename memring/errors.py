@@ -21,10 +21,15 @@ the original cause stays in ``__cause__``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from memring.hashring.node import Node
+
+class _Labelled(Protocol):
+    """What an error needs of a node: its label. (errors.py imports nothing of memring's,
+    so that every layer, :mod:`memring.hashring` included, can raise these.)"""
+
+    @property
+    def label(self) -> str: ...
 
 __all__ = [
     "ClusterError",
@@ -75,10 +80,13 @@ class NodeError(MemringError):
     """An operation on one node failed. ``node`` and ``key`` say where."""
 
     def __init__(
-        self, message: str, *, node: Node | None = None, key: object = None
+        self, message: str, *, node: _Labelled | None = None, key: object = None
     ) -> None:
         super().__init__(message)
-        self.node = node
+        #: The :class:`memring.Node` concerned, or None. (Typed loosely: this
+        #: module imports nothing of memring's, so no layer depends on another
+        #: through its errors.)
+        self.node: Any = node
         self.key = key
 
     def __str__(self) -> str:

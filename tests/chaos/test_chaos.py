@@ -1,6 +1,6 @@
 """Chaos: session load from 8 threads while memcached nodes are killed, hung and restarted.
 
-Runs :func:`memring.chaos.run_chaos` once per client mode (``next`` and
+Runs :func:`memring.tools.chaos.run_chaos` once per client mode (``next`` and
 ``backup``), 32 s each with every fault kind and a fixed seed, and asserts the
 invariants on its report:
 
@@ -27,8 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from memring.chaos import FAULTS, ChaosConfig, ChaosReport, FaultEvent, format_report, run_chaos
-from memring.server import MemcachedNotFound, find_memcached
+from memring.tools.chaos import (
+    FAULTS,
+    ChaosConfig,
+    ChaosReport,
+    FaultEvent,
+    format_report,
+    run_chaos,
+)
+from memring.tools.local import MemcachedNotFound, find_memcached
 
 pytestmark = pytest.mark.chaos
 

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import pytest
 
 from memring import Client, Failover, HealthPolicy, NodeState, Timeouts
-from memring.server import LocalCluster, MemcachedNotFound, find_memcached
+from memring.tools.local import LocalCluster, MemcachedNotFound, find_memcached
 
 pytestmark = pytest.mark.chaos
 
 TIMEOUTS = Timeouts(connect=0.2, read=0.3)
 HEALTH = HealthPolicy(backoff_initial=0.1, backoff_max=0.5)
 FAILOVER = Failover("next", failover_ttl=3)
-#: One connect or one read timeout, and room for scheduling (see memring.chaos).
+#: One connect or one read timeout, and room for scheduling (see memring.tools.chaos).
 BOUND = TIMEOUTS.connect + TIMEOUTS.read + 0.25
 PORT = 11211
 

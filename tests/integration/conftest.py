@@ -29,7 +29,7 @@ from pymemcache.client.base import Client as PymemcacheClient
 
 from memring import Client, HealthPolicy, Node, Timeouts
 from memring.client.transport import raw_serde
-from memring.server import LocalCluster, MemcachedNotFound, find_memcached
+from memring.tools.local import LocalCluster, MemcachedNotFound, find_memcached
 
 #: Timeouts small enough that a hung node costs a test little.
 FAST_TIMEOUTS = Timeouts(connect=0.2, read=0.3)

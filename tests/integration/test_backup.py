@@ -28,7 +28,7 @@ from memring import (
 from memring.client import copies
 from memring.client.copies import Kind
 from memring.client.serde import safe_serde
-from memring.server import LocalCluster
+from memring.tools.local import LocalCluster
 
 pytestmark = pytest.mark.integration
 

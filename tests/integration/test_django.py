@@ -25,7 +25,7 @@ import memring  # noqa: E402
 from memring import BackupClient, Client, ValueTooLarge  # noqa: E402
 from memring.client.serde import safe_serde  # noqa: E402
 from memring.contrib.django import MemringCache, close_clients  # noqa: E402
-from memring.server import LocalCluster  # noqa: E402
+from memring.tools.local import LocalCluster  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import flask_session  # noqa: E402
 
 from memring import BackupClient, Client, InvalidKey, Timeouts  # noqa: E402
 from memring.contrib.flask import FlaskSessionClient  # noqa: E402
-from memring.server import LocalCluster  # noqa: E402
+from memring.tools.local import LocalCluster  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

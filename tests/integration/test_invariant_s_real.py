@@ -24,7 +24,7 @@ import pytest
 
 from memring import Client, Failover, HealthPolicy, Node, NodeState, Timeouts
 from memring.client.defaults import WARMING_MARGIN
-from memring.server import LocalCluster, MemcachedNotFound, find_memcached
+from memring.tools.local import LocalCluster, MemcachedNotFound, find_memcached
 
 pytestmark = pytest.mark.integration
 

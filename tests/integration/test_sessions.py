@@ -13,8 +13,8 @@ from pymemcache.serde import FLAG_TEXT, pickle_serde
 
 from memring import BackupClient, Client, HealthPolicy, Timeouts
 from memring.client.transport import raw_serde
-from memring.server import LocalCluster
 from memring.sessions import ENVIRON_KEY, Session, SessionMiddleware, SessionStore
+from memring.tools.local import LocalCluster
 
 pytestmark = pytest.mark.integration
 

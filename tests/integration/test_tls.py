@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from memring import BackupClient, Client, Failover, MemringError, NodeUnavailable, Timeouts
-from memring.server import MemcachedProcess, find_memcached
 from memring.sessions import SessionStore
+from memring.tools.local import MemcachedProcess, find_memcached
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""``memring.chaos`` without servers: config checks, the fault schedule, the report, the CLI.
+"""``memring.tools.chaos`` without servers: config checks, the fault schedule, the report, the CLI.
 
 The engine itself runs against real memcached in ``tests/chaos``.
 """
@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-import memring.chaos as chaos
+import memring.tools.chaos as chaos
 from memring import ConfigError, Timeouts
-from memring.chaos import (
+from memring.cli import main
+from memring.tools.chaos import (
     FAULTS,
     ChaosConfig,
     ChaosReport,
@@ -21,7 +22,6 @@ from memring.chaos import (
     format_report,
     plan_faults,
 )
-from memring.cli import main
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import memring.keyloss
+import memring.tools.keyloss
 from memring import __version__
 from memring.cli import _Progress, main
 
@@ -292,8 +292,8 @@ def test_plot_without_matplotlib_is_one_line_with_the_install_hint(
     assert out == ""  # checked before measuring
     assert_one_error_line(err, "pip install 'memring[plot]'")
     assert not target.exists()
-    with pytest.raises(memring.keyloss.PlotUnavailable):
-        memring.keyloss.plot_rows(memring.keyloss.simulate([3], keys=10), str(target))
+    with pytest.raises(memring.tools.keyloss.PlotUnavailable):
+        memring.tools.keyloss.plot_rows(memring.tools.keyloss.simulate([3], keys=10), str(target))
 
 
 def test_plot_into_a_missing_directory_is_rejected_before_measuring(

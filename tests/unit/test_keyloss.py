@@ -1,4 +1,4 @@
-"""Tests for memring.keyloss: the simulated key-loss measurement (and what of the
+"""Tests for memring.tools.keyloss: the simulated key-loss measurement (and what of the
 live one needs no server: argument checks, the missing binary, plotting).
 
 Statistical checks use bounds derived from the key count, so they tell a
@@ -33,7 +33,7 @@ import pytest
 from memring import ConfigError, HashRing
 from memring.hashring import DEFAULT_VNODES, Node
 from memring.hashring.hashes import ketama_key_hash, murmur3_key_hash, murmur3_points
-from memring.keyloss import (
+from memring.tools.keyloss import (
     FIELDS,
     FORMATS,
     MAX_LIVE_NODES,
@@ -53,7 +53,7 @@ from memring.keyloss import (
     simulate,
     synthetic_nodes,
 )
-from memring.server import MemcachedNotFound
+from memring.tools.local import MemcachedNotFound
 
 KEYS = 50_000
 ALL = ("ring", "modulo", "backup")
@@ -396,7 +396,7 @@ def test_modes_constant() -> None:
 
 
 def test_keyloss_does_not_import_the_cli() -> None:
-    code = "import sys, memring.keyloss; sys.exit('memring.cli' in sys.modules)"
+    code = "import sys, memring.tools.keyloss; sys.exit('memring.cli' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -1,4 +1,4 @@
-"""Layers depend one way: hashring <- client <- backup <- cli.
+"""Layers depend one way: hashring <- client <- backup <- tools <- cli.
 
 Every module is parsed (not imported) and its imports are collected,
 including relative imports, ``from memring import client`` and
@@ -24,11 +24,15 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
             "memring.client",
             "memring.backup",
             "memring.cli",
-            "memring.server",
+            "memring.tools",
             "pymemcache",
         ),
     ),
-    ("memring.client", ("memring.backup", "memring.cli")),
+    ("memring.client", ("memring.backup", "memring.cli", "memring.tools")),
+    ("memring.backup", ("memring.cli", "memring.tools")),
+    ("memring.sessions", ("memring.cli", "memring.tools")),
+    ("memring.contrib", ("memring.cli", "memring.tools")),
+    ("memring.errors", ("memring.hashring", "memring.client", "memring.backup")),
 ]
 
 
@@ -144,7 +148,7 @@ def test_collector_sees_every_import_form() -> None:
     source = "\n".join(
         [
             "import pymemcache.client.base",
-            "import os, memring.server as srv",
+            "import os, memring.tools.local as srv",
             "from memring import client",
             "from memring.backup.store import BackupClient",
             "from . import ring",
@@ -160,7 +164,7 @@ def test_collector_sees_every_import_form() -> None:
     for expected in [
         "pymemcache.client.base",
         "os",
-        "memring.server",
+        "memring.tools.local",
         "memring.client",
         "memring.backup.store",
         "memring.hashring.ring",

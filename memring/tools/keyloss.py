@@ -83,7 +83,7 @@ from memring.errors import ConfigError, MemringError
 from memring.hashring.hashes import HASHES, ketama_key_hash, murmur3_key_hash
 from memring.hashring.node import Node, NodeSpec, parse_nodes
 from memring.hashring.ring import DEFAULT_VNODES, HashRing
-from memring.server import LocalCluster, find_memcached
+from memring.tools.local import LocalCluster, find_memcached
 
 __all__ = [
     "DEFAULT_KEYS",
@@ -484,7 +484,7 @@ def measure_live(
     ``total`` is ``2 * keys`` per measurement.
 
     Raises :class:`memring.ConfigError` on invalid arguments (before anything
-    starts), :class:`memring.server.MemcachedNotFound` without a memcached
+    starts), :class:`memring.tools.local.MemcachedNotFound` without a memcached
     binary, and :class:`KeylossError` when a server is unreachable or the
     result cannot be trusted (a live node failed during the run, memcached
     refused writes or evicted keys).

@@ -1,6 +1,6 @@
 """Chaos runs: session load from many threads while memcached nodes fail.
 
-:func:`run_chaos` starts its own :class:`~memring.server.LocalCluster` on
+:func:`run_chaos` starts its own :class:`~memring.tools.local.LocalCluster` on
 loopback, shares ONE client between ``threads`` worker threads (a
 ``Client(failover="next")`` in mode ``"next"``, a :class:`~memring.BackupClient`
 in mode ``"backup"``), and injects one fault at a time on a schedule drawn
@@ -109,7 +109,7 @@ from memring.backup import BackupClient
 from memring.client import Client, Failover, HealthPolicy, NodeState, Timeouts
 from memring.errors import ConfigError, NodeUnavailable
 from memring.hashring import Node
-from memring.server import LocalCluster
+from memring.tools.local import LocalCluster
 
 __all__ = [
     "FAULTS",
@@ -1069,7 +1069,7 @@ def run_chaos(config: ChaosConfig | None = None, *, log: LogCallback | None = No
     """Run the workload under faults for ``config.duration`` seconds; return the report.
 
     Starts ``config.nodes`` memcached processes on loopback (``cluster_options``
-    go to :class:`~memring.server.LocalCluster`) and stops every one of them by
+    go to :class:`~memring.tools.local.LocalCluster`) and stops every one of them by
     PID before returning, also on errors and Ctrl-C.
     """
     config = config or ChaosConfig()
