@@ -1,16 +1,20 @@
 """memring: a Memcached client for web sessions that survives losing nodes."""
 
-from memring.backup import BackupClient
-from memring.client import Client, Failover, HealthPolicy, NodeState, NodeStatus, Timeouts
+from memring.client import BackupClient, Client
+from memring.engine import Failover, HealthPolicy, NodeState, NodeStatus, Timeouts
 from memring.errors import (
     ClusterError,
     ConfigError,
+    InvalidArgument,
+    InvalidArgumentType,
     InvalidKey,
     MemringError,
     MultiKeyError,
     NodeError,
     NodeTimeout,
     NodeUnavailable,
+    PoolExhausted,
+    ProtocolError,
     SerializationError,
     ServerError,
     ValueTooLarge,
@@ -27,6 +31,8 @@ __all__ = [
     "Failover",
     "HashRing",
     "HealthPolicy",
+    "InvalidArgument",
+    "InvalidArgumentType",
     "InvalidKey",
     "MemringError",
     "MultiKeyError",
@@ -36,6 +42,8 @@ __all__ = [
     "NodeStatus",
     "NodeTimeout",
     "NodeUnavailable",
+    "PoolExhausted",
+    "ProtocolError",
     "SerializationError",
     "ServerError",
     "Timeouts",

@@ -501,7 +501,7 @@ def _add_chaos_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 def _run_chaos(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """``memring chaos``: run the engine, print the report; 1 if an invariant broke."""
-    from memring.client import Timeouts
+    from memring import Timeouts
 
     config = chaos.ChaosConfig(
         nodes=args.nodes, duration=args.duration, threads=args.threads, mode=args.mode,

@@ -48,7 +48,7 @@ VERSION = b"1.6.18"
 #: Commands that change data: kept while the node is hung, applied on resume.
 WRITES = frozenset({
     "set", "set_many", "add", "replace", "append", "prepend", "cas", "delete",
-    "delete_many", "incr", "decr", "touch", "flush_all",
+    "delete_many", "incr", "decr", "touch", "touch_flags", "flush_all",
 })
 
 _pids = itertools.count(4000)
@@ -171,14 +171,25 @@ class FakeMemcached:
                 raise NodeUnavailable("connection failed: [Errno 111] Connection refused",
                                       node=self.node, key=key)
             if self.state == "hung":
-                if method in WRITES:
+                if method == "batch":
+                    self._pending.extend((m, a) for m, a in args[0] if m in WRITES)
+                elif method in WRITES:
                     self._pending.append((method, args))
+            elif method == "batch":
+                return [self._answer(m, a) for m, a in args[0]]
             else:
                 return getattr(self, "_" + method)(*args)
         # hung: the caller waits out its read timeout
         if self.timeout_cost:
             self.clock.advance(self.timeout_cost)
         raise NodeTimeout("timed out", node=self.node, key=key)
+
+    def _answer(self, method: str, args: tuple[Any, ...]) -> Any:
+        """One command of a batch: its result, or the error line that answered it."""
+        try:
+            return getattr(self, "_" + method)(*args)
+        except ServerError as exc:
+            return exc
 
     def _take_hook(self, method: str, args: tuple[Any, ...]) -> Callable[[], None] | None:
         with self._lock:
@@ -256,6 +267,31 @@ class FakeMemcached:
             if e is not None:
                 out[k] = ((e.data, e.flags), str(e.cas).encode())
         return out
+
+    def _get(self, key: bytes) -> Item | None:
+        return self._get_many([key]).get(key)
+
+    def _meta_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes, int]]:
+        out = {}
+        now = self._now()
+        for k in keys:
+            self._check_key(k)
+            e = self._live(k)
+            if e is not None:
+                ttl = -1 if e.exptime == 0 else max(e.exptime - now, 0)
+                out[k] = ((e.data, e.flags), str(e.cas).encode(), ttl)
+        return out
+
+    def _touch_flags(self, key: bytes, expire: int) -> int | None:
+        self._check_key(key)
+        e = self._live(key)
+        if e is None:
+            return None
+        e.exptime = self._exptime(expire)
+        return e.flags
+
+    def _cache_memlimit(self, megabytes: int) -> bool:
+        return True
 
     def _set(self, key: bytes, item: Item, expire: int) -> bool:
         self._check_key(key)
@@ -385,74 +421,31 @@ class FakeTransport:
         self.server = server
         self.node = server.node
         self.closed = False
+        self.on_reconnect = None
+
+    def call(self, method: str, *args: Any) -> Any:
+        first = args[0] if args else None
+        key = list(first) if isinstance(first, (dict, list, tuple)) else first
+        if method == "batch":
+            key = None
+        return self.server.call(method, key, *args)
+
+    def send(self, method: str, *args: Any) -> Ready:
+        """The call, made now (the fake server answers at once)."""
+        return Ready.of(self.call, method, *args)
 
     def get(self, key: bytes) -> Item | None:
         item: Item | None = self.server.call("get_many", key, [key]).get(key)
         return item
 
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Item]:
-        return dict(self.server.call("get_many", list(keys), list(keys)))
-
-    def gets_many(self, keys: Sequence[bytes]) -> dict[bytes, tuple[Item, bytes]]:
-        return dict(self.server.call("gets_many", list(keys), list(keys)))
-
     def set(self, key: bytes, item: Item, expire: int) -> bool:
         return bool(self.server.call("set", key, key, item, expire))
-
-    def set_many(self, items: Mapping[bytes, Item], expire: int) -> list[bytes]:
-        return list(self.server.call("set_many", list(items), dict(items), expire))
-
-    def add(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self.server.call("add", key, key, item, expire))
-
-    def replace(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self.server.call("replace", key, key, item, expire))
-
-    def append(self, key: bytes, data: bytes) -> bool:
-        return bool(self.server.call("append", key, key, data))
-
-    def prepend(self, key: bytes, data: bytes) -> bool:
-        return bool(self.server.call("prepend", key, key, data))
-
-    def cas(self, key: bytes, item: Item, cas: bytes, expire: int) -> bool | None:
-        result: bool | None = self.server.call("cas", key, key, item, cas, expire)
-        return result
-
-    def delete(self, key: bytes) -> bool:
-        return bool(self.server.call("delete", key, key))
-
-    def delete_many(self, keys: Sequence[bytes]) -> None:
-        self.server.call("delete_many", list(keys), list(keys))
-
-    def incr(self, key: bytes, delta: int) -> int | None:
-        result: int | None = self.server.call("incr", key, key, delta)
-        return result
-
-    def decr(self, key: bytes, delta: int) -> int | None:
-        result: int | None = self.server.call("decr", key, key, delta)
-        return result
-
-    def touch(self, key: bytes, expire: int) -> bool:
-        return bool(self.server.call("touch", key, key, expire))
-
-    def stats(self, *args: str) -> dict[bytes, Any]:
-        return dict(self.server.call("stats", None, *args))
-
-    def version(self) -> bytes:
-        return bytes(self.server.call("version", None))
-
-    def flush_all(self, delay: int) -> bool:
-        return bool(self.server.call("flush_all", None, delay))
-
-    def dump_keys(self) -> list[bytes]:
-        return list(self.server.call("dump_keys", None))
 
     def close(self) -> None:
         self.closed = True
 
-    def send(self, method: str, *args: Any) -> Ready:
-        """The call, made now (the fake server answers at once)."""
-        return Ready.of(getattr(self, method), *args)
+    def after_fork(self) -> None:
+        pass
 
 
 class FakeCluster:
@@ -491,7 +484,7 @@ def tick(clock: FakeClock, clients: Sequence[Client], seconds: float, step: floa
         clock.advance(dt)
         seconds -= dt
         for c in clients:
-            c._health.probe_due()
+            c._tick()
 
 
 class SingleFault:
@@ -524,7 +517,7 @@ class SingleFault:
 
     @staticmethod
     def sees_down(c: Client, node: Node) -> bool:
-        return c._health.state(node) is NodeState.DOWN
+        return c._engine.health.state(node) is NodeState.DOWN
 
     def may_fault(self, node: Node) -> bool:
         """Single-node faults: nothing is faulty, and no client still sees another node down."""

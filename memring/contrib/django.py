@@ -28,7 +28,7 @@ from django.core.cache.backends.memcached import BaseMemcachedCache
 from pymemcache.serde import pickle_serde
 
 import memring
-from memring.client.serde import safe_serde
+from memring.engine.serde import safe_serde
 from memring.errors import ConfigError, ValueTooLarge
 
 __all__ = ["MemringCache", "close_clients"]

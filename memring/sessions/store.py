@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from memring.client.keys import encode_key
+from memring.engine.keys import encode_key
 from memring.errors import ConfigError, InvalidKey, MemringError, SerializationError
 from memring.sessions.session import Session, is_valid_session_id, new_session_id
 

@@ -105,8 +105,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from memring.backup import BackupClient
-from memring.client import Client, Failover, HealthPolicy, NodeState, Timeouts
+from memring import BackupClient, Client, Failover, HealthPolicy, NodeState, Timeouts
 from memring.errors import ConfigError, NodeUnavailable
 from memring.hashring import Node
 from memring.tools.local import LocalCluster

@@ -76,9 +76,9 @@ from dataclasses import dataclass
 from math import gcd
 from typing import Any
 
-from memring.backup import BackupClient
-from memring.client import Client, Failover, NodeState, Timeouts
-from memring.client.transport import Item, PymemcacheTransport
+from memring import BackupClient, Client, Failover, NodeState, Timeouts
+from memring.client.transport import Item, SocketTransport
+from memring.engine.defaults import MAX_VALUE_SIZE
 from memring.errors import ConfigError, MemringError
 from memring.hashring.hashes import HASHES, ketama_key_hash, murmur3_key_hash
 from memring.hashring.node import Node, NodeSpec, parse_nodes
@@ -627,12 +627,17 @@ def _validate_servers(
     return members, sorted(dead)
 
 
+def _transport(node: Node, timeouts: Timeouts) -> SocketTransport:
+    """A plain connection to one node, for what the tool does outside a client."""
+    return SocketTransport(node, timeouts=timeouts, max_item_size=MAX_VALUE_SIZE)
+
+
 def _check_reachable(nodes: Sequence[Node]) -> None:
     """Raise :class:`KeylossError` unless every node answers ``version``."""
     for node in nodes:
-        transport = PymemcacheTransport(node, timeouts=_REMOTE_TIMEOUTS)
+        transport = _transport(node, _REMOTE_TIMEOUTS)
         try:
-            transport.version()
+            transport.call("version")
         except MemringError as exc:
             raise KeylossError(
                 f"cannot reach memcached at {node.label} ({_reason(exc.__cause__ or exc)}); "
@@ -765,7 +770,7 @@ def _measure_modulo(
     n = len(target.nodes)
     survivors = [i for i in range(n) if i not in target.dead]
     m = len(survivors)
-    transports = [PymemcacheTransport(node, timeouts=timeouts) for node in target.nodes]
+    transports = [_transport(node, timeouts) for node in target.nodes]
 
     def write(start: int, batch: list[str]) -> None:
         groups: dict[int, dict[bytes, Item]] = {}
@@ -773,7 +778,7 @@ def _measure_modulo(
             item = (_session_bytes(start + j, key, tag), 0)
             groups.setdefault(key_hash(key) % n, {})[key.encode()] = item
         for i, items in groups.items():
-            if transports[i].set_many(items, expire):
+            if transports[i].call("set_many", items, expire):
                 raise KeylossError(f"memcached at {_address(target.nodes[i])} refused writes")
 
     def read(start: int, batch: list[str]) -> int:
@@ -783,7 +788,7 @@ def _measure_modulo(
             wanted.setdefault(i, {})[key.encode()] = _session_bytes(start + j, key, tag)
         lost = 0
         for i, expected in wanted.items():
-            got = transports[i].get_many(list(expected))
+            got = transports[i].call("get_many", list(expected))
             lost += sum(1 for kb, data in expected.items() if got.get(kb, (b"", 0))[0] != data)
         return lost
 
@@ -858,9 +863,9 @@ def _evictions(nodes: Sequence[Node]) -> dict[str, int]:
     """``{address: evictions so far}`` of each node."""
     out: dict[str, int] = {}
     for node in nodes:
-        transport = PymemcacheTransport(node, timeouts=_REMOTE_TIMEOUTS)
+        transport = _transport(node, _REMOTE_TIMEOUTS)
         try:
-            out[_address(node)] = int(transport.stats().get(b"evictions", 0))
+            out[_address(node)] = int(transport.call("stats").get(b"evictions", 0))
         except MemringError as exc:
             raise KeylossError(f"cannot read stats of {_address(node)}: {_reason(exc)}") from exc
         finally:
@@ -871,10 +876,10 @@ def _evictions(nodes: Sequence[Node]) -> dict[str, int]:
 def _delete_keys(nodes: Sequence[Node], keys: list[str]) -> None:
     """Delete ``keys`` from every node in ``nodes`` (whichever holds them)."""
     for node in nodes:
-        transport = PymemcacheTransport(node, timeouts=_REMOTE_TIMEOUTS)
+        transport = _transport(node, _REMOTE_TIMEOUTS)
         try:
             for _, batch in _batches(keys):
-                transport.delete_many([key.encode() for key in batch])
+                transport.call("batch", [("delete", (key.encode(),)) for key in batch])
         except MemringError as exc:
             raise KeylossError(f"cannot delete keys on {_address(node)}: {_reason(exc)}") from exc
         finally:

@@ -23,8 +23,8 @@ from pymemcache.serde import pickle_serde  # noqa: E402
 
 import memring  # noqa: E402
 from memring import BackupClient, Client, ValueTooLarge  # noqa: E402
-from memring.client.serde import safe_serde  # noqa: E402
 from memring.contrib.django import MemringCache, close_clients  # noqa: E402
+from memring.engine.serde import safe_serde  # noqa: E402
 from memring.tools.local import LocalCluster  # noqa: E402
 
 pytestmark = pytest.mark.integration

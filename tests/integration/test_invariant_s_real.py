@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from memring import Client, Failover, HealthPolicy, Node, NodeState, Timeouts
-from memring.client.defaults import WARMING_MARGIN
+from memring.engine.defaults import WARMING_MARGIN
 from memring.tools.local import LocalCluster, MemcachedNotFound, find_memcached
 
 pytestmark = pytest.mark.integration

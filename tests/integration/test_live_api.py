@@ -10,7 +10,10 @@ from pymemcache.client.base import Client as PymemcacheClient
 from pymemcache.serde import FLAG_BYTES, FLAG_INTEGER, FLAG_TEXT, pickle_serde
 
 from memring import Client, SerializationError
-from memring.client.serde import FLAG_JSON
+from memring.client.transport import raw_serde
+from memring.engine.serde import FLAG_JSON, safe_serde
+from memring.engine.versions import FLAG_VERSIONED, TRAILER_SIZE, USER_FLAGS
+from tests.stored import plain
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +71,7 @@ def test_set_get_round_trip(client, raw, ns, value: Any, flags: int) -> None:
     assert got == value
     assert type(got) is type(value)
     _, stored_flags = raw(client.route(key)).get(key.encode())
-    assert stored_flags == flags
+    assert stored_flags == flags | FLAG_VERSIONED
 
 
 def test_bytes_and_str_keys_are_the_same_key(client, ns) -> None:
@@ -310,8 +313,8 @@ def test_key_prefix_is_stored_and_routed(cluster, make_client, raw, everywhere, 
     stored = f"app1:{ns}:session".encode()
     home = client.ring.node_for(stored)
     assert client.route(key) == home
-    assert raw(home).get(stored) == (b"data", FLAG_TEXT)
-    assert everywhere(cluster.nodes, stored) == {home.label: (b"data", FLAG_TEXT)}
+    assert plain(raw(home).get(stored)) == (b"data", FLAG_TEXT)
+    assert list(everywhere(cluster.nodes, stored)) == [home.label]
     assert everywhere(cluster.nodes, key.encode()) == {}  # never unprefixed
     assert client.get(key) == "data"
     # The multi-key calls speak unprefixed keys, too.
@@ -351,25 +354,22 @@ def test_pickle_works_when_asked_for(cluster, make_client, ns) -> None:
 
 
 def test_values_interoperate_with_plain_pymemcache(client, ns) -> None:
+    """pymemcache's values read as they are; memring's carry their version after the bytes."""
     cases = [("s", "héllo", "héllo".encode()), ("i", 42, b"42"), ("b", b"raw", b"raw")]
     for name, value, stored in cases:
         key = f"{ns}:{name}"
         client.set(key, value)
         home = client.route(key)
-        # pymemcache's default serde hands back the stored bytes...
-        plain = PymemcacheClient(home.address, timeout=1.0)
+        # A plain client sees the value's bytes, a 12-byte trailer (version, expiry)
+        # and flag bit 27; the serde's own flags are unchanged below bit 24.
+        plain = PymemcacheClient(home.address, serde=raw_serde, timeout=1.0)
         try:
-            assert plain.get(key) == stored
+            data, flags = plain.get(key)
         finally:
             plain.close()
-        # ...and the serde that Django and most pymemcache users pass decodes the flags.
-        plain = PymemcacheClient(home.address, serde=pickle_serde, timeout=1.0)
-        try:
-            got = plain.get(key)
-            assert got == value
-            assert type(got) is type(value)
-        finally:
-            plain.close()
+        assert data[:-TRAILER_SIZE] == stored and len(data) == len(stored) + TRAILER_SIZE
+        assert flags & FLAG_VERSIONED and flags & USER_FLAGS == safe_serde.serialize(
+            key.encode(), value)[1]
         # The other way round: pymemcache writes, memring reads.
         back = f"{ns}:{name}:back"
         plain = PymemcacheClient(client.route(back).address, serde=pickle_serde, timeout=1.0,

@@ -13,7 +13,7 @@ import pytest
 from pymemcache.exceptions import MemcacheServerError
 
 from memring import Client, InvalidKey, ValueTooLarge
-from memring.client.client import ITEM_OVERHEAD
+from memring.engine.base import ITEM_OVERHEAD
 
 pytestmark = pytest.mark.integration
 

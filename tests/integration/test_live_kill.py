@@ -8,8 +8,8 @@ import pytest
 from pymemcache.serde import FLAG_TEXT
 
 from memring import Failover, MemringError, MultiKeyError, NodeUnavailable
-from memring.client.client import ITEM_OVERHEAD
-from memring.client.copies import FLAG_COPY, FLAG_TOMBSTONE
+from memring.engine.base import ITEM_OVERHEAD
+from memring.engine.versions import Kind, decode
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +37,15 @@ def test_next_moves_a_dead_nodes_keys_to_the_next_node(
         target = client.route(k)
         assert target != home
         assert target == client.ring.nodes_for(k, 2)[1]  # the next node of its list
-        data, flags = raw(target).get(k.encode())
-        assert flags == FLAG_TEXT | FLAG_COPY
-        assert data[:-8] == f"after {k}".encode()  # value + its 8-byte expiry
+        copy = decode(raw(target).get(k.encode()), time.time())
+        assert copy.copy and copy.item == (f"after {k}".encode(), FLAG_TEXT)
         assert client.get(k) == f"after {k}"
     assert client.get_many(mine + others) == {
         **{k: f"after {k}" for k in mine}, **dict.fromkeys(others, "before")}
     for k in others:  # nothing else moved
         assert client.route(k) == client.ring.node_for(k)
-        assert raw(client.route(k)).get(k.encode()) == (b"before", FLAG_TEXT)
+        held = decode(raw(client.route(k)).get(k.encode()), time.time())
+        assert not held.copy and held.item == (b"before", FLAG_TEXT)
 
     status = client.health()[home.label]
     assert status.state.value == "down"
@@ -81,10 +81,10 @@ def test_next_every_write_works_on_the_failover_node(
     assert client.delete(c) is True
     assert client.get(c) is None
     target = client.route(c)
-    assert raw(target).get(c.encode())[1] == FLAG_TOMBSTONE  # a tombstone, not nothing
+    assert decode(raw(target).get(c.encode()), time.time()).kind is Kind.TOMBSTONE  # not nothing
     assert client.delete_many([a, b]) is True
     assert client.get_many([a, b, c]) == {}
-    # The largest value memring accepts still fits as a failover copy (+8 bytes, flags).
+    # The largest value memring accepts still fits as a failover copy (trailer, flags).
     def biggest(key: str) -> int:
         return 1024 * 1024 - ITEM_OVERHEAD - len(key.encode())
 
@@ -226,5 +226,6 @@ def test_node_restarted_empty_gets_its_outage_keys_back(
         time.sleep(0.02)
     # Up again: the outage-time values were moved home (hinted handoff).
     for k in changed:
-        assert raw(node.node).get(k.encode()) == (f"outage {k}".encode(), FLAG_TEXT)
+        moved = decode(raw(node.node).get(k.encode()), time.time())
+        assert not moved.copy and moved.item == (f"outage {k}".encode(), FLAG_TEXT)
     assert client.get_many(kept + changed + deleted) == {k: f"outage {k}" for k in changed}

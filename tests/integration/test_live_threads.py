@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from memring import Failover, MemringError
+from memring import Failover, MemringError, MultiKeyError, PoolExhausted
 
 pytestmark = pytest.mark.integration
 
@@ -120,9 +120,16 @@ def test_a_full_pool_fails_the_call_and_keeps_every_other_connection(
     pools = {node: client._transports[node]._pool for node in (full, other)}
     held = pools[full].get()  # another thread's call in flight, say
     try:
-        with pytest.raises(RuntimeError, match="Too many"):
+        with pytest.raises(MultiKeyError) as caught:
             client.get_many(keys)
         assert len(pools[other].free) == 1 and not pools[other].used
+        # the full node's keys failed with a typed error; the other node's were read
+        failed = caught.value.failed
+        assert set(failed) == set(keys[2:])
+        assert all(isinstance(e, PoolExhausted) and isinstance(e, RuntimeError)
+                   and "Too many" in str(e) for e in failed.values())
+        assert caught.value.results == dict.fromkeys(keys[:2], "v")
+        assert client.health()[full.label].state.value == "up"  # not the node's fault
     finally:
         pools[full].release(held)
     assert client.get_many(keys) == dict.fromkeys(keys, "v")

@@ -33,8 +33,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from memring import BackupClient, Client, Failover, HashRing, HealthPolicy, Node
-from memring.client.health import NodeState
+from memring import BackupClient, Client, Failover, HashRing, HealthPolicy, Node, NodeState
 from tests.fakes import FakeClock, FakeCluster, SingleFault
 from tests.fakes import tick as fakes_tick
 
@@ -126,7 +125,7 @@ class BackupMachine(SingleFault, RuleBasedStateMachine):
         """Nodes that a write made now may not reach, or reach with old data around it."""
         out = {n for n in _NODES if self.cluster[n].state != "up"}
         for c in self.clients:
-            out |= {n for n in _NODES if c._health.state(n) is NodeState.DOWN}
+            out |= {n for n in _NODES if c._engine.health.state(n) is NodeState.DOWN}
         return out
 
     def _fault(self, node: Node) -> None:
@@ -167,7 +166,7 @@ class BackupMachine(SingleFault, RuleBasedStateMachine):
         """Keys of the faulty node and of nodes some client does not see up."""
         nodes = {self.faulty} if self.faulty is not None else set()
         for c in self.clients:
-            nodes |= {n for n in _NODES if c._health.state(n) is not NodeState.UP}
+            nodes |= {n for n in _NODES if c._engine.health.state(n) is not NodeState.UP}
         return sorted({k for n in nodes for k in KEYS_OF[n]})
 
     @precondition(lambda self: self._hot())
@@ -290,7 +289,7 @@ class BackupMachine(SingleFault, RuleBasedStateMachine):
     @rule()
     def probe(self) -> None:
         for c in self.clients:
-            c._health.probe_due()
+            c._tick()
 
 
 BackupMachine.TestCase.settings = settings(
@@ -332,7 +331,7 @@ def test_degraded_write_is_hinted_and_handed_off() -> None:
     assert a.metrics()["degraded_writes"] == 1
     cluster[victim].restart()
     tick(clock, [a, b], BACKOFF_MAX + TICK)
-    assert a._health.state(victim) is NodeState.WARMING
+    assert a._engine.health.state(victim) is NodeState.WARMING
     assert cluster[victim].peek(key.encode()) is not None
 
 
@@ -352,7 +351,7 @@ def test_stand_in_copy_never_outlives_a_newer_write() -> None:
     b.get(key)                               # b notices too
     cluster[p].resume()
     tick(clock, [a, b], BACKOFF_MAX + TICK)  # both see p back: warming, handed off
-    assert a._health.state(p) is NodeState.WARMING
+    assert a._engine.health.state(p) is NodeState.WARMING
     assert a.set(key, "v3") is True          # on p and s
     cluster[s].kill()
     for c in (a, b):
@@ -425,7 +424,7 @@ def test_warming_restarted_node_answers_when_its_partner_lost_the_key() -> None:
         c.stats()  # both see n3 down
     cluster[n3].restart()
     tick(clock, [a, b], BACKOFF_INITIAL + 1.0)  # two answers to come back
-    assert all(c._health.state(n3) is NodeState.WARMING for c in (a, b))
+    assert all(c._engine.health.state(n3) is NodeState.WARMING for c in (a, b))
     for k in keys:
         assert a.set(k, "after") is True
     cluster[n4].restart()  # no client notices
@@ -437,7 +436,7 @@ def test_restarted_backup_gets_its_copies_back_when_read() -> None:
     """A restarted node is refilled by reads while it warms; then its partner may fail."""
     clock, cluster, (a, b) = _setup()
     for c in (a, b):
-        c._rebuild = lambda node: 0  # type: ignore[method-assign]  # reads alone refill here
+        c._engine.queue_rebuild = lambda node, delay=0.0: None  # type: ignore[method-assign]  # reads alone refill
     victim = _NODES[1]
     keys = [f"r:{i}" for i in range(400)]
     assert a.set_many({k: k for k in keys}) == []
@@ -450,10 +449,10 @@ def test_restarted_backup_gets_its_copies_back_when_read() -> None:
     tick(clock, [a, b], TICK)
     cluster[victim].restart()
     tick(clock, [a, b], BACKOFF_INITIAL)
-    assert a._health.state(victim) is NodeState.WARMING
+    assert a._engine.health.state(victim) is NodeState.WARMING
     assert a.get_many(backup_of[::2]) == {k: k for k in backup_of[::2]}
     assert [a.get(k) for k in backup_of[1::2] + primary_of] == backup_of[1::2] + primary_of
-    assert a.metrics()["refills"] == len(backup_of) + len(primary_of)
+    assert a.metrics()["read_repairs"] == len(backup_of) + len(primary_of)
     assert all(cluster[victim].peek(k.encode()) is not None for k in backup_of + primary_of)
     tick(clock, [a, b], FAILOVER_TTL + 3)
     # A later fault of any other node loses nothing.
@@ -474,7 +473,7 @@ def test_restarted_node_is_rebuilt_without_any_read() -> None:
     a.stats()
     b.stats()
     cluster[victim].restart()
-    while a._health.state(victim) is not NodeState.WARMING:
+    while a._engine.health.state(victim) is not NodeState.WARMING:
         tick(clock, [a, b], TICK)
     assert a.metrics()["rebuilt_keys"] + b.metrics().get("rebuilt_keys", 0) >= len(shared)
     assert all(cluster[victim].peek(k.encode()) is not None for k in shared)

@@ -46,8 +46,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from memring import Client, Failover, HashRing, HealthPolicy, MemringError, MultiKeyError, Node
-from memring.client.health import NodeState
+from memring import (
+    Client,
+    Failover,
+    HashRing,
+    HealthPolicy,
+    MemringError,
+    MultiKeyError,
+    Node,
+    NodeState,
+)
 from tests.fakes import FakeClock, FakeCluster, SingleFault
 from tests.fakes import tick as fakes_tick
 
@@ -329,17 +337,17 @@ def test_outage_writes_move_home_after_restart(outage: float) -> None:
             c.set(k, f"outage-{i}")
             expected[k] = f"outage-{i}"
         # i % 4 == 2: not written during the outage: lost with the node (a miss)
-    assert all(c._health.state(home) is NodeState.DOWN for c in clients)
+    assert all(c._engine.health.state(home) is NodeState.DOWN for c in clients)
     tick(clock, clients, outage)
     cluster[home].restart()
     tick(clock, clients, BACKOFF_MAX + TICK)
-    assert all(c._health.state(home) is NodeState.WARMING for c in clients)
+    assert all(c._engine.health.state(home) is NodeState.WARMING for c in clients)
     for c in clients:
         for k in keys:
             assert c.get(k) == expected.get(k), k
     # every outage write is home now: the failover copies can go
     tick(clock, clients, FAILOVER_TTL + 3)
-    assert all(c._health.state(home) is NodeState.UP for c in clients)
+    assert all(c._engine.health.state(home) is NodeState.UP for c in clients)
     for k in keys:
         item = cluster[home].peek(k.encode())
         if expected.get(k) is not None:
@@ -413,8 +421,8 @@ def test_expired_copy_reads_as_a_tombstone() -> None:
     b.get(key)
     cluster[home].resume()
     tick(clock, [a], BACKOFF_INITIAL + TICK)
-    assert a._health.state(home) is NodeState.WARMING
-    assert b._health.state(home) is NodeState.DOWN
+    assert a._engine.health.state(home) is NodeState.WARMING
+    assert b._engine.health.state(home) is NodeState.DOWN
     assert b.set(key, "short", expire=1) is True
     clock.advance(1.5)  # before b's next probe or keep-alive
     assert [c.get(key) for c in clients] == [None, None]
@@ -440,11 +448,11 @@ def test_failed_handoff_keeps_the_hint() -> None:
     a.set(key, "new")  # a copy only, hinted by a
     cluster[home].resume()
     # only a has something to hand off; the node hangs again as a reads it
-    cluster[home].before("gets_many", cluster[home].hang, key=key.encode())
+    cluster[home].before("meta_many", cluster[home].hang, key=key.encode())
     tick(clock, clients, BACKOFF_MAX + TICK)
-    assert a._health.state(home) is NodeState.DOWN
+    assert a._engine.health.state(home) is NodeState.DOWN
     b.stats()  # b notices too (if it had seen the node back)
-    assert b._health.state(home) is NodeState.DOWN
+    assert b._engine.health.state(home) is NodeState.DOWN
     tick(clock, clients, 3 * FAILOVER_TTL)
     cluster[home].resume()
     for seconds in (0, BACKOFF_MAX + TICK, FAILOVER_TTL + 3):
@@ -462,21 +470,23 @@ def test_concurrent_settle_keeps_the_newer_write() -> None:
     a, b = clients
     home = _NODES[3]
     key = keys_on(home, 1)[0]
-    kb = key.encode()
     a.set(key, "old")
     cluster[home].hang()
+    a.get(key)                # a read times out: nothing buffered, home is down for a
     b.get(key)
-    a.set(key, "outage")      # a copy on the failover node, hinted by a
+    a.set(key, "outage")      # a copy on the failover node only, hinted by a
     cluster[home].resume()
     tick(clock, [b], BACKOFF_MAX + TICK)   # b is back first (it has no hints)
-    assert b._health.state(home) is NodeState.WARMING
+    assert b._engine.health.state(home) is NodeState.WARMING
+    wrote: list[bool] = []
 
     def b_writes() -> None:
-        assert b.set(key, "newer") is True
-    # a's handoff has read the copy; b settles and writes before a reads the home value
-    cluster[home].before("gets_many", b_writes, key=kb)
+        wrote.append(b.set(key, "newer"))
+    # a's handoff has read the copy and the home value; b writes before a's CAS
+    cluster[home].before("batch", b_writes)
     tick(clock, [a], BACKOFF_MAX + TICK)   # a comes back and hands the copy off
-    assert a._health.state(home) is NodeState.WARMING
+    assert a._engine.health.state(home) is NodeState.WARMING
+    assert wrote == [True]
     for seconds in (0, FAILOVER_TTL + 3):
         tick(clock, clients, seconds)
         assert [c.get(key) for c in clients] == ["newer", "newer"]
@@ -499,9 +509,9 @@ def test_node_returning_during_an_outage_write_still_gets_it_settled(op: str) ->
     cluster[home].resume()
     f = a.ring.nodes_for(key, 2)[1]
     def comes_back() -> None:  # two answers, the grace apart
-        a._health.probe(home)
+        a._run(a._engine._probe(home))
         clock.advance(1.0)
-        a._health.probe(home)
+        a._run(a._engine._probe(home))
 
     cluster[f].before("set", comes_back, key=key.encode())
     if op == "set":

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memring.client.keys import encode_key, encode_keys
+from memring.engine.keys import encode_key, encode_keys
 from memring.errors import InvalidKey
 
 # Mostly valid keys, with every way of being invalid mixed in.

@@ -1,4 +1,5 @@
-"""Layers depend one way: hashring <- client <- backup <- tools <- cli.
+"""Layers depend one way: hashring <- engine <- faces (client, aio) <- tools <- cli,
+and protocol (the wire format) <- the faces' transports.
 
 Every module is parsed (not imported) and its imports are collected,
 including relative imports, ``from memring import client`` and
@@ -21,18 +22,26 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     (
         "memring.hashring",
         (
+            "memring.engine",
+            "memring.protocol",
             "memring.client",
-            "memring.backup",
+            "memring.aio",
             "memring.cli",
             "memring.tools",
             "pymemcache",
         ),
     ),
-    ("memring.client", ("memring.backup", "memring.cli", "memring.tools")),
-    ("memring.backup", ("memring.cli", "memring.tools")),
+    # The wire format: bytes in, values out; no I/O and no client logic.
+    ("memring.protocol", ("memring.engine", "memring.client", "memring.aio", "memring.cli",
+                          "memring.tools", "pymemcache", "socket", "asyncio")),
+    # The engine knows nodes and calls, never sockets, threads' I/O or an event loop.
+    ("memring.engine", ("memring.client", "memring.aio", "memring.protocol", "memring.cli",
+                        "memring.tools", "socket", "select", "selectors", "asyncio")),
+    ("memring.client", ("memring.aio", "memring.cli", "memring.tools")),
+    ("memring.aio", ("memring.client", "memring.cli", "memring.tools")),
     ("memring.sessions", ("memring.cli", "memring.tools")),
     ("memring.contrib", ("memring.cli", "memring.tools")),
-    ("memring.errors", ("memring.hashring", "memring.client", "memring.backup")),
+    ("memring.errors", ("memring.hashring", "memring.engine", "memring.client", "memring.aio")),
 ]
 
 

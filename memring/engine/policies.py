@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from memring.client import defaults
+from memring.engine import defaults
 from memring.errors import ConfigError
 
 __all__ = ["Failover", "HealthPolicy", "Timeouts"]
@@ -75,6 +75,11 @@ class HealthPolicy:
         if not 0 <= _positive("jitter", self.jitter, allow_zero=True) < 1:
             raise ConfigError("jitter must be in [0, 1)")
 
+    @property
+    def slowest_probe(self) -> float:
+        """The longest a down node can wait for its next probe (backoff_max, jitter included)."""
+        return self.backoff_max * (1 + self.jitter)
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds before probe number ``attempt`` (0-based), jitter applied."""
         base = min(self.backoff_max, self.backoff_initial * self.backoff_multiplier ** attempt)
@@ -84,23 +89,39 @@ class HealthPolicy:
 
 @dataclass(frozen=True)
 class Failover:
-    """What a call does when its key's home node is down.
+    """What a call does when its key's home node is down, and how long copies live.
 
     ``Failover("next")`` (default): the key goes to the next live node of its
     preference list. Copies written there live at most ``failover_ttl``
     seconds after the home node returns (they are kept alive while it is
-    down), and when it returns it is *warming* for that long: the failover
-    copy wins, so no stale value or deleted key comes back.
+    down), and when it returns it is *warming* for that long: reads consult
+    both, and the newer version wins, so no stale value or deleted key comes
+    back.
 
     ``Failover("fail")``: raise :class:`~memring.NodeUnavailable`, or with
     ``return_default=True`` behave like a miss (``get`` returns its default,
     writes return False) — the pymemcache ``ignore_exc`` behaviour, chosen
     explicitly.
+
+    ``tombstone_ttl``: how long a delete's tombstone lives (default 300 s, or
+    ``failover_ttl`` + 7 s if that is longer). A copy of a key
+    older than this is never put back onto a node that lacks the key (the
+    delete that removed it could have been forgotten), unless that node
+    restarted more recently than this. Tombstones cost memory: about 100
+    bytes each, times deletes per second, times ``tombstone_ttl``.
+
+    ``verify_reads``: read the key's home and the node after it at once, and
+    return the newer. It costs a second read per ``get`` and removes stale
+    reads by clients that did not see a fault another client failed over for.
+    None means the client's default: off for :class:`~memring.Client`, on for
+    :class:`~memring.BackupClient` (which reads its two copies).
     """
 
     mode: Literal["next", "fail"] = "next"
     failover_ttl: int = defaults.FAILOVER_TTL
     return_default: bool = False
+    tombstone_ttl: int = None  # type: ignore[assignment]  # None: derived, see __post_init__
+    verify_reads: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("next", "fail"):
@@ -113,6 +134,16 @@ class Failover:
             raise ConfigError("return_default must be a bool")
         if self.return_default and self.mode != "fail":
             raise ConfigError("return_default applies to Failover('fail') only")
+        least = int(self.warming_seconds) + defaults.TOMBSTONE_MARGIN
+        if self.tombstone_ttl is None:
+            object.__setattr__(self, "tombstone_ttl", max(defaults.TOMBSTONE_TTL, least))
+        tomb = self.tombstone_ttl
+        if isinstance(tomb, bool) or not isinstance(tomb, int) or not least <= tomb <= 30 * 86400:
+            raise ConfigError(
+                f"tombstone_ttl must be an int of seconds from failover_ttl + "
+                f"{least - ttl} ({least}) to 2592000, got {tomb!r}")
+        if self.verify_reads is not None and not isinstance(self.verify_reads, bool):
+            raise ConfigError("verify_reads must be a bool or None")
 
     @classmethod
     def coerce(cls, value: Failover | str) -> Failover:

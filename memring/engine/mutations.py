@@ -1,9 +1,9 @@
 """Read-modify-write steps shared by the failover path and backup mode.
 
-Where memcached can't apply an operation itself (the value is a failover
-copy with an expiry trailer, or one of two backup copies), the client reads
-the item with ``gets``, computes the new item here, and writes it back with
-CAS. A mutation takes ``(kind, plain item, absolute expiry)`` of what is
+memcached can't apply these operations itself to memring's values (each
+carries a version trailer, and a new value needs a new version), so the
+client reads the item with its CAS token, computes the new item here, and
+writes it back with CAS. A mutation takes ``(kind, plain item, absolute expiry)`` of what is
 stored (``kind`` None for a miss) and returns ``(result, new item or None
 to write nothing, new absolute expiry)``.
 """
@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from memring.client.copies import Kind
-from memring.client.transport import Item
-from memring.errors import ServerError
+from memring.engine.versions import Kind
+from memring.errors import InvalidArgument, InvalidArgumentType, ServerError
 
 __all__ = ["Mutation", "add", "arith", "check_delta", "concat", "replace", "retouch"]
 
+Item = tuple[bytes, int]
 Mutation = Callable[[Kind | None, Item, int], tuple[Any, Item | None, int]]
 
 
@@ -59,17 +59,20 @@ def arith(delta: int, incr: bool) -> Mutation:
     def mutate(kind: Kind | None, cur: Item, a: int) -> tuple[Any, Item | None, int]:
         if kind is not Kind.VALUE:
             return None, None, 0
-        try:
-            n = int(cur[0])
-        except ValueError:
-            raise ServerError("cannot increment or decrement non-numeric value") from None
+        text = cur[0].rstrip(b" ")  # memcached pads a shrunk number with spaces
+        if not text.isdigit() or len(text) > 20 or int(text) >= 1 << 64:
+            raise ServerError("CLIENT_ERROR cannot increment or decrement non-numeric value",
+                              kind="client")
+        n = int(text)
         n = (n + delta) % (1 << 64) if incr else max(0, n - delta)
         return n, (str(n).encode(), cur[1]), a
     return mutate
 
 
 def check_delta(value: object) -> int:
-    """An ``incr``/``decr`` amount, or ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
-        raise ValueError(f"incr/decr amount must be an int in 0..2**64-1, got {value!r}")
+    """An ``incr``/``decr`` amount (an int in 0..2**64-1), or a typed error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentType(f"incr/decr amount must be an int, got {value!r}")
+    if not 0 <= value < 1 << 64:
+        raise InvalidArgument(f"incr/decr amount must be in 0..2**64-1, got {value!r}")
     return value

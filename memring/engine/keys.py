@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from memring.client.defaults import MAX_KEY_LENGTH
+from memring.engine.defaults import MAX_KEY_LENGTH
 from memring.errors import InvalidKey
 
 __all__ = ["encode_key", "encode_keys"]

@@ -16,9 +16,13 @@ READ_TIMEOUT = 1.0
 #: same hung node twice.
 FAILURE_THRESHOLD = 1
 #: Recovery probe backoff: first delay, growth factor, cap, and +/- jitter share.
-BACKOFF_INITIAL = 0.5
+#: A probe costs one connection attempt; probing a down node at least twice
+#: a second bounds how long a node that answers again goes unnoticed, and
+#: with it how long clients that never saw the fault may read values older
+#: than those this client wrote elsewhere meanwhile (see Invariant S).
+BACKOFF_INITIAL = 0.1
 BACKOFF_MULTIPLIER = 2.0
-BACKOFF_MAX = 10.0
+BACKOFF_MAX = 0.5
 BACKOFF_JITTER = 0.2
 
 #: Failover mode: "next" routes a down node's keys to the next live node.
@@ -26,6 +30,11 @@ FAILOVER_MODE = "next"
 #: Longest life (seconds) of a copy written to a failover node. It bounds
 #: how long a returning node must be "warming" (see Invariant S).
 FAILOVER_TTL = 30
+#: Life (seconds) of a delete's tombstone. A copy older than this is never
+#: put back onto a node that lacks its key (see Failover.tombstone_ttl).
+TOMBSTONE_TTL = 300
+#: tombstone_ttl must exceed the warming window by at least this much.
+TOMBSTONE_MARGIN = 5
 #: Extra seconds of warming beyond FAILOVER_TTL: memcached's clock ticks
 #: once a second, so an item can outlive its TTL by up to a second.
 WARMING_MARGIN = 2.0
@@ -37,6 +46,10 @@ KEEPALIVES_PER_TTL = 3
 #: them home when it returns. Past this, the overflow is counted and logged.
 MAX_HINTS_PER_NODE = 100_000
 
+#: memcached's per-item bookkeeping (header, CAS, suffix: 88 bytes) plus
+#: memring's 12-byte version trailer; with the key it counts against the
+#: item size limit.
+ITEM_OVERHEAD = 100
 #: Largest value memcached stores by default (its -I option).
 MAX_VALUE_SIZE = 1024 * 1024
 #: Longest key memcached accepts, prefix included.
