@@ -1,0 +1,45 @@
+"""Test utilities that misbehave on the network.
+
+* :class:`HostileServer` — a fake memcached on loopback whose replies a
+  test decides per command, from a set of canned :mod:`behaviours`
+  (drip, garbage, huge value headers, resets, ...) or its own function;
+  it records every byte it received.
+
+Every server listens on 127.0.0.1 on a port picked at run time,
+runs in background threads and stops with ``close()`` (or ``with``).
+"""
+
+from tests.netfaults import behaviours
+from tests.netfaults.behaviours import (
+    CLOSE,
+    HALF_CLOSE,
+    MUTE,
+    RESET,
+    STOP_READING,
+    Behaviour,
+    Send,
+    Sleep,
+    Stream,
+)
+from tests.netfaults.protocol import MiniMemcached, Request, RequestFramer
+from tests.netfaults.server import ConnectionRecord, HostileServer, HostileServerError, abort
+
+__all__ = [
+    "CLOSE",
+    "HALF_CLOSE",
+    "MUTE",
+    "RESET",
+    "STOP_READING",
+    "Behaviour",
+    "ConnectionRecord",
+    "HostileServer",
+    "HostileServerError",
+    "MiniMemcached",
+    "Request",
+    "RequestFramer",
+    "Send",
+    "Sleep",
+    "Stream",
+    "abort",
+    "behaviours",
+]
