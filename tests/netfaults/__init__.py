@@ -4,8 +4,12 @@
   test decides per command, from a set of canned :mod:`behaviours`
   (drip, garbage, huge value headers, resets, ...) or its own function;
   it records every byte it received.
+* :class:`FaultProxy` — a TCP proxy to a real memcached that gives only
+  the clients connected through it a fault (pause, blackhole, refuse,
+  drip, delay, cut); :func:`proxied_node` names its node so that the ring
+  places it exactly as the real server.
 
-Every server listens on 127.0.0.1 on a port picked at run time,
+Every server and proxy listens on 127.0.0.1 on a port picked at run time,
 runs in background threads and stops with ``close()`` (or ``with``).
 """
 
@@ -22,6 +26,7 @@ from tests.netfaults.behaviours import (
     Stream,
 )
 from tests.netfaults.protocol import MiniMemcached, Request, RequestFramer
+from tests.netfaults.proxy import FaultProxy, ProxyCounters, proxied_node
 from tests.netfaults.server import ConnectionRecord, HostileServer, HostileServerError, abort
 
 __all__ = [
@@ -32,9 +37,11 @@ __all__ = [
     "STOP_READING",
     "Behaviour",
     "ConnectionRecord",
+    "FaultProxy",
     "HostileServer",
     "HostileServerError",
     "MiniMemcached",
+    "ProxyCounters",
     "Request",
     "RequestFramer",
     "Send",
@@ -42,4 +49,5 @@ __all__ = [
     "Stream",
     "abort",
     "behaviours",
+    "proxied_node",
 ]

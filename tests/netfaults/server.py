@@ -4,9 +4,10 @@ It listens on 127.0.0.1 on a port picked at run time, frames requests as
 memcached does (:mod:`tests.netfaults.protocol`), and hands each one to
 the behaviour bound to its command (:mod:`tests.netfaults.behaviours`);
 unbound commands are answered honestly from an in-memory store. One
-thread accepts, one thread serves each connection, and every wait is
-bounded: :meth:`HostileServer.close` stops them all and closes every
-socket within a fraction of a second.
+thread accepts, one thread serves each connection. Every wait in them
+(for a socket, a sleep, a drip) also waits on a wake-up socket that
+:meth:`HostileServer.close` makes readable, so closing stops them all at
+once and closes every socket.
 
 >>> with HostileServer(drip(0.05)) as server:          # doctest: +SKIP
 ...     server.behave(honest(), "set")                   # only the other replies drip
@@ -46,7 +47,7 @@ from tests.netfaults.protocol import ITEM_SIZE_MAX, MiniMemcached, Request, Requ
 
 __all__ = ["ConnectionRecord", "HostileServer", "HostileServerError", "abort"]
 
-#: How often a blocked thread looks up to see whether the server is closing.
+#: How often the accept thread, while accepts are held, looks up to see whether to go on.
 POLL = 0.05
 #: How long a closed connection keeps reading, so that its FIN is not overtaken by a RST.
 LINGER = 1.0
@@ -130,6 +131,8 @@ class HostileServer:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
+        # Readable once close() writes to it: every wait of every thread includes it.
+        self._wake_r, self._wake_w = socket.socketpair()
         self._default: Behaviour = as_behaviour(behaviour) if behaviour is not None else honest()
         self._per_command: dict[str, Behaviour] = {
             name: as_behaviour(b) for name, b in (commands or {}).items()}
@@ -151,9 +154,11 @@ class HostileServer:
                 lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             lsock.bind((host, 0))
             lsock.listen(backlog)
-            lsock.settimeout(POLL)
+            lsock.setblocking(False)
         except BaseException:
             lsock.close()
+            self._wake_r.close()
+            self._wake_w.close()
             raise
         self._lsock = lsock
         self.host, self.port = lsock.getsockname()[:2]
@@ -287,24 +292,42 @@ class HostileServer:
             while not self._stop.is_set():
                 with self._accept_lock:
                     holding = self._holding
-                    accepted = None
-                    if not holding:
-                        with contextlib.suppress(TimeoutError):
-                            accepted = self._lsock.accept()
                 if holding:
                     self._stop.wait(POLL)
-                if accepted is not None:
-                    self._start(*accepted)
+                    continue
+                if not self._wait(self._lsock, select.POLLIN):
+                    continue
+                with self._accept_lock:
+                    if self._holding:
+                        continue
+                    try:
+                        sock, peer = self._lsock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                self._start(sock, peer)
+        except _Stopped:
+            pass
         except OSError as exc:
-            if not self._stop.is_set():
-                self._errors.append(exc)
+            self._errors.append(exc)
         finally:
             self._lsock.close()
+
+    def _wait(self, sock: socket.socket, events: int, timeout: float | None = None) -> bool:
+        """Wait until ``sock`` is ready for ``events`` (True) or ``timeout`` passes (False);
+        raise :class:`_Stopped` as soon as the server closes."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        poller.register(sock, events | select.POLLERR | select.POLLHUP)
+        ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
+        if self._stop.is_set():
+            raise _Stopped
+        return bool(ready)
 
     def _start(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         if peer[1] in self._filler_ports:
             abort(sock)
             return
+        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._changed:
             conn = _Conn(len(self._conns), peer)
@@ -322,23 +345,23 @@ class HostileServer:
         end: str | None = None
         how = "server closed"
         try:
-            sock.settimeout(POLL)
             end = self._perform(conn, sock, self._decide(lambda: self._default.on_accept(
                 conn.number)))
             framer = RequestFramer(item_size_max=self.item_size_max, connection=conn.number,
                                    store=self.store)
             while end is None and not self._stop.is_set():
                 if not conn.reading:
-                    self._stop.wait(POLL)
+                    self._stop.wait()  # until close()
                     continue
+                self._wait(sock, select.POLLIN)
                 try:
                     data = sock.recv(65536)
-                except TimeoutError:
+                except (BlockingIOError, InterruptedError):
                     continue
                 if not data:
                     how = "peer closed"
                     break
-                self._record(conn, received=data)
+                self._record(conn, data)
                 for req in framer.feed(data):
                     with self._changed:
                         conn.requests.append(req)
@@ -365,10 +388,14 @@ class HostileServer:
                 abort(sock)
             elif end == "close":
                 how = "closed"
-                self._linger(sock)
+                self._linger(conn, sock)
             else:
                 sock.close()
-            with self._changed:
+            self._ended(conn, how)
+
+    def _ended(self, conn: _Conn, how: str) -> None:
+        with self._changed:
+            if not conn.closed:
                 conn.closed, conn.how = True, how
                 self.store.curr_connections -= 1
                 self._changed.notify_all()
@@ -381,33 +408,38 @@ class HostileServer:
             self._errors.append(exc)
             return CLOSE
 
-    def _linger(self, sock: socket.socket) -> None:
+    def _linger(self, conn: _Conn, sock: socket.socket) -> None:
         """Close with a FIN: shut down sending, then read until the client closes (bounded),
-        since closing with unread data would send a RST instead."""
+        since closing with unread data would send a RST instead. The record shows the
+        connection closed from the FIN on."""
         try:
             sock.shutdown(socket.SHUT_WR)
+            self._ended(conn, "closed")
             deadline = time.monotonic() + LINGER
-            while time.monotonic() < deadline and not self._stop.is_set():
+            while self._wait(sock, select.POLLIN, deadline - time.monotonic()):
                 try:
                     if not sock.recv(65536):
                         break
-                except TimeoutError:
+                except (BlockingIOError, InterruptedError):
                     continue
-        except OSError:
+                if time.monotonic() >= deadline:
+                    break
+        except (OSError, _Stopped):
             pass
         finally:
             sock.close()
 
-    def _record(self, conn: _Conn, *, received: bytes = b"", sent: bytes = b"") -> None:
+    def _record(self, conn: _Conn, received: bytes) -> None:
         with self._lock:
-            if received:
-                conn.bytes_received += len(received)
-                if len(conn.received) < RECORD_LIMIT:
-                    conn.received += received[:RECORD_LIMIT - len(conn.received)]
-            if sent:
-                conn.bytes_sent += len(sent)
-                if len(conn.sent) < RECORD_LIMIT:
-                    conn.sent += sent[:RECORD_LIMIT - len(conn.sent)]
+            conn.bytes_received += len(received)
+            if len(conn.received) < RECORD_LIMIT:
+                conn.received += received[:RECORD_LIMIT - len(conn.received)]
+
+    @staticmethod
+    def _record_sent(conn: _Conn, sent: memoryview) -> None:
+        conn.bytes_sent += len(sent)
+        if len(conn.sent) < RECORD_LIMIT:
+            conn.sent += sent[:RECORD_LIMIT - len(conn.sent)]
 
     def _perform(self, conn: _Conn, sock: socket.socket, reply: Reply) -> str | None:
         """Carry out a behaviour's reply; "close" or "reset" if the connection must end."""
@@ -455,10 +487,14 @@ class HostileServer:
             if self._stop.is_set():
                 raise _Stopped
             try:
-                n = sock.send(view)
-            except TimeoutError:
+                # Sent and recorded under the lock: a test that has read the
+                # bytes finds them in the record.
+                with self._lock:
+                    n = sock.send(view)
+                    self._record_sent(conn, view[:n])
+            except (BlockingIOError, InterruptedError):
+                self._wait(sock, select.POLLOUT)
                 continue
-            self._record(conn, sent=bytes(view[:n]))
             view = view[n:]
 
     # -- closing ---------------------------------------------------------------------
@@ -468,6 +504,7 @@ class HostileServer:
             return
         self._closed = True
         self._stop.set()
+        self._wake_w.send(b"!")
         deadline = time.monotonic() + 5.0
         self._acceptor.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
@@ -477,6 +514,8 @@ class HostileServer:
         for filler in self._fillers:
             abort(filler)
         self._fillers.clear()
+        self._wake_r.close()
+        self._wake_w.close()
         alive = [t.name for t in [self._acceptor, *threads] if t.is_alive()]
         if alive:
             raise HostileServerError(f"threads still running after close(): {alive}")
