@@ -173,7 +173,7 @@ class FaultProxy:
             raise
         assert self._listener is not None
         self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._run, daemon=True,
+        self._thread: threading.Thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"fault-proxy-{self.port}")
         self._thread.start()
 
@@ -218,7 +218,10 @@ class FaultProxy:
         self._call(lambda: self._set_drip(interval or None))
 
     def delay(self, seconds: float) -> None:
-        """Forward each chunk read from now on ``seconds`` after it arrived (0: no delay)."""
+        """Forward each chunk read from now on ``seconds`` after it arrived (0: no delay).
+
+        Both directions are delayed: a request and its reply cost ``2 * seconds``.
+        """
         if seconds < 0:
             raise ValueError("delay must be >= 0")
         self._call(lambda: setattr(self, "_delay", float(seconds)))

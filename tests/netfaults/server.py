@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from memring import Node
 from tests.netfaults.behaviours import (
@@ -179,6 +180,7 @@ class HostileServer:
 
     @property
     def node(self) -> Node:
+        """The memring node of this server."""
         return Node(self.host, self.port)
 
     # -- behaviours --------------------------------------------------------------
@@ -257,11 +259,14 @@ class HostileServer:
 
     # -- accepting -----------------------------------------------------------------
     def hold_accepts(self, fill_backlog: bool = True) -> None:
-        """Stop accepting; with ``fill_backlog``, fill the listen queue so that new
-        connects hang (SYN dropped: the client's connect timeout fires).
+        """Stop accepting new connections (the ones being served go on).
 
-        The server itself holds the filler connections. :meth:`release_accepts`
-        undoes it.
+        With ``fill_backlog`` (default) the listen queue is filled with the
+        server's own connections, so new connects hang: their SYN is
+        dropped and the client's connect timeout fires, as with a server
+        too busy to accept. Without it, the kernel still completes new
+        connects and queues them, and nothing ever reads them: the client's
+        first read times out. :meth:`release_accepts` undoes it.
         """
         with self._accept_lock:
             self._holding = True
@@ -345,8 +350,9 @@ class HostileServer:
         end: str | None = None
         how = "server closed"
         try:
-            end = self._perform(conn, sock, self._decide(lambda: self._default.on_accept(
-                conn.number)))
+            with self._lock:
+                on_accept = self._default.on_accept
+            end = self._perform(conn, sock, self._decide(on_accept, conn.number))
             framer = RequestFramer(item_size_max=self.item_size_max, connection=conn.number,
                                    store=self.store)
             while end is None and not self._stop.is_set():
@@ -369,8 +375,7 @@ class HostileServer:
                     if conn.muted:
                         continue
                     behaviour = self._behaviour_for(req.command)
-                    end = self._perform(conn, sock, self._decide(lambda b=behaviour, r=req:
-                                                                 b.reply(r)))
+                    end = self._perform(conn, sock, self._decide(behaviour.reply, req))
                     if end is not None:
                         break
                 if end is None and framer.close_after:
@@ -400,10 +405,10 @@ class HostileServer:
                 self.store.curr_connections -= 1
                 self._changed.notify_all()
 
-    def _decide(self, fn: Callable[[], Reply]) -> Reply:
+    def _decide(self, fn: Callable[[Any], Reply], arg: Any) -> Reply:
         """Run a behaviour's function; one that raises closes the connection."""
         try:
-            return fn()
+            return fn(arg)
         except Exception as exc:
             self._errors.append(exc)
             return CLOSE
@@ -444,7 +449,7 @@ class HostileServer:
     def _perform(self, conn: _Conn, sock: socket.socket, reply: Reply) -> str | None:
         """Carry out a behaviour's reply; "close" or "reset" if the connection must end."""
         for item in _items(reply):
-            if isinstance(item, (bytes, bytearray, memoryview)):
+            if isinstance(item, (bytes, bytearray)):
                 self._send(conn, sock, bytes(item))
             elif isinstance(item, Send):
                 step = item.chunk or len(item.data) or 1
@@ -538,7 +543,10 @@ class HostileServer:
 def _items(reply: Reply) -> Iterator[bytes | Send | Stream | Sleep | _Signal]:
     if reply is None:
         return
-    if isinstance(reply, (bytes, bytearray, memoryview, Send, Stream, Sleep, _Signal)):
+    if isinstance(reply, (bytes, bytearray)):
+        yield bytes(reply)
+        return
+    if isinstance(reply, (Send, Stream, Sleep, _Signal)):
         yield reply
         return
     yield from reply
