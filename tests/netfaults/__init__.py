@@ -11,6 +11,9 @@
 
 Every server and proxy listens on 127.0.0.1 on a port picked at run time,
 runs in background threads and stops with ``close()`` (or ``with``).
+
+``python -m tests.netfaults.survey`` prints how a memring client reacts to
+each behaviour (outcome, time taken, memory, node state).
 """
 
 from tests.netfaults import behaviours
