@@ -89,6 +89,7 @@ def exchange(address: tuple[str, int], request: bytes, *, timeout: float = 0.5,
 
 def read_all(sock: socket.socket, *, timeout: float, until: bytes | None = None
              ) -> tuple[bytes, str]:
+    """Read ``sock`` as :func:`exchange` does; returns the bytes and how the reading ended."""
     got = b""
     deadline = time.monotonic() + timeout
     while True:
@@ -167,6 +168,11 @@ def test_store_answers_like_memcached() -> None:
     assert honest(store, b"incr t 1\r\nmg t s v f t k\r\nmg zz v\r\nmn\r\n") == [
         b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
         b"VA 4 s4 f0 t-1 kt\r\ntext\r\n", b"EN\r\n", b"MN\r\n"]
+    assert honest(store, b"ma c N0 J5 v\r\nma c D3 v\r\nma c MD D100\r\nmg c v\r\n"
+                         b"ms c 1 ME\r\nx\r\nms c 1 MA q\r\nz\r\nmd c C1\r\nmd c q\r\n"
+                         b"md c\r\nmg c q\r\nmn\r\n") == [
+        b"VA 1\r\n5\r\n", b"VA 1\r\n8\r\n", b"HD\r\n", b"VA 1\r\n0\r\n", b"NS\r\n", b"",
+        b"EX\r\n", b"", b"NF\r\n", b"", b"MN\r\n"]
 
 
 def test_store_expires_items_by_its_clock() -> None:
