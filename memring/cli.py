@@ -43,6 +43,7 @@ from memring.tools.keyloss import (
     DEFAULT_KEYS,
     FORMATS,
     MODES,
+    NODE_LIMITS,
     KeylossRow,
     PlotUnavailable,
     check_plot_available,
@@ -74,28 +75,34 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message}")
 
 
+def _comma_items(text: str, expected: str) -> list[str]:
+    """The items of a comma-separated option value, each stripped; none may be empty.
+
+    ``expected`` says what the value should look like, for the error
+    (``"node counts such as 3,4,5,10"``): ``3,,4``, ``3,4,`` and ``""`` are
+    refused, not read as ``3,4``.
+    """
+    items = [p.strip() for p in text.split(",")]
+    if not all(items):
+        what = "an empty value" if not text.strip() else f"an empty item in {text!r}"
+        raise argparse.ArgumentTypeError(f"expected comma-separated {expected}; got {what}")
+    return items
+
+
 def _node_counts(text: str) -> list[int]:
     """Parse ``--nodes``: a comma-separated list of integers such as ``3,4,5,10``."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    expected = "node counts such as 3,4,5,10"
+    items = _comma_items(text, expected)
     try:
-        counts = [int(p) for p in parts]
+        return [int(p) for p in items]
     except ValueError:
-        counts = []
-    if not counts:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated node counts such as 3,4,5,10; got {text!r}"
-        )
-    return counts
+        raise argparse.ArgumentTypeError(f"expected comma-separated {expected}; "
+                                         f"got {text!r}") from None
 
 
 def _server_list(text: str) -> list[str]:
     """Parse ``--servers``/``--down``: comma-separated ``host:port`` addresses."""
-    servers = [p.strip() for p in text.split(",") if p.strip()]
-    if not servers:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated host:port addresses such as 10.0.0.1:11211; got {text!r}"
-        )
-    return servers
+    return _comma_items(text, "host:port addresses such as 10.0.0.1:11211")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="memring: a Memcached client for web sessions that survives losing nodes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Not required=True: argparse would then report a missing COMMAND before an
+    # unknown option (``memring --bogus``); _parse says which is wrong.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     keyloss = commands.add_parser(
         "keyloss",
@@ -161,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_node_counts,
         default=None,
         metavar="N[,N...]",
-        help="cluster sizes to measure (default: 3,4,5,10); each gets fresh processes",
+        help=f"cluster sizes to measure, each {NODE_LIMITS} (default: 3,4,5,10); "
+        "each gets fresh processes",
     )
     keyloss.add_argument(
         "--servers",
@@ -339,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except _UsageError as exc:
         print(exc, file=stderr)
         return EXIT_USAGE
@@ -367,6 +377,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_Failure, MemringError, OSError) as exc:
         print(f"{args.prog}: error: {_one_line(exc)}", file=stderr)
         return EXIT_FAILURE
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; a :class:`_UsageError` names what is wrong.
+
+    An unknown option is reported as unknown, before a missing command
+    (``memring --bogus``), and both errors list the commands.
+    """
+    args, unknown = parser.parse_known_args(argv)
+    commands = ", ".join(_command_names(parser))
+    command: str | None = args.command
+    if unknown:
+        prog = args.prog if command is not None else PROG
+        where = f"commands: {commands}; " if command is None else ""
+        raise _UsageError(
+            f"{prog}: error: unrecognized arguments: {' '.join(unknown)} "
+            f"({where}see {prog} --help)"
+        )
+    if command is None:
+        raise _UsageError(
+            f"{PROG}: error: the following arguments are required: COMMAND "
+            f"(one of: {commands}; see {PROG} --help)"
+        )
+    return args
+
+
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommands of ``parser``, in the order they were added."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
 
 
 def _one_line(exc: BaseException) -> str:
@@ -426,12 +468,10 @@ def _fault_list(text: str) -> tuple[str, ...]:
     """Parse ``--faults``: comma-separated fault kinds, or ``none``."""
     if text.strip() == "none":
         return ()
-    faults = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
-    unknown = [f for f in faults if f not in chaos.FAULTS]
-    if not faults or unknown:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(chaos.FAULTS)} (or none); got {text!r}"
-        )
+    expected = f"fault kinds from {', '.join(chaos.FAULTS)} (or none)"
+    faults = tuple(dict.fromkeys(_comma_items(text, expected)))
+    if any(f not in chaos.FAULTS for f in faults):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {expected}; got {text!r}")
     return faults
 
 

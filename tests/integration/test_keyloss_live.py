@@ -31,6 +31,7 @@ from memring.cli import main
 from memring.hashring import DEFAULT_VNODES
 from memring.hashring.hashes import murmur3_key_hash
 from memring.tools.keyloss import (
+    NODE_LIMITS,
     SERVERS_KEY_PREFIX,
     KeylossError,
     measure_live,
@@ -234,12 +235,13 @@ def test_unreachable_server_is_one_line_and_exit_1(
 @pytest.mark.parametrize(
     ("argv", "code", "needle"),
     [
-        (["--nodes", "4,1"], 2, "node counts"),
+        (["--nodes", "4,1"], 2, NODE_LIMITS),
+        (["--nodes", "4,,5"], 2, "empty item"),
         (["--nodes", "3,many"], 2, "--nodes"),
         (["--nodes", "3", "--kill", "3"], 2, "--kill"),
         (["--nodes", "2", "--kill", "2"], 2, "cannot kill 2 of 2"),
         (["--nodes", "3", "--format", "yaml"], 2, "--format"),
-        (["--nodes", "500"], 2, "one memcached per node"),
+        (["--nodes", "500"], 2, NODE_LIMITS),
     ],
 )
 def test_bad_input_is_one_line(

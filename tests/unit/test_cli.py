@@ -21,6 +21,7 @@ import pytest
 import memring.tools.keyloss
 from memring import __version__
 from memring.cli import _Progress, main
+from memring.tools.keyloss import NODE_LIMITS
 
 FIELDS = ["nodes", "killed", "mode", "keys", "lost", "lost_fraction", "expected_fraction"]
 
@@ -88,9 +89,13 @@ def test_seed_makes_runs_reproducible(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 BAD_INPUT = [
-    (["keyloss", "--nodes", "1"], "node counts"),
+    (["keyloss", "--nodes", "1"], NODE_LIMITS),
+    (["keyloss", "--nodes", "2000"], NODE_LIMITS),
     (["keyloss", "--nodes", "3,x"], "--nodes"),
-    (["keyloss", "--nodes", ""], "--nodes"),
+    (["keyloss", "--nodes", ""], "argument --nodes: expected comma-separated node counts"),
+    (["keyloss", "--nodes", "3,,4"], "got an empty item in '3,,4'"),
+    (["keyloss", "--nodes", "3,4,"], "got an empty item in '3,4,'"),
+    (["keyloss", "--nodes", ",3"], "got an empty item"),
     (["keyloss", "--nodes", "2", "--kill", "2"], "cannot kill 2 of 2"),
     (["keyloss", "--nodes", "3,4", "--kill", "3"], "--kill"),
     (["keyloss", "--kill", "3"], "--kill"),
@@ -101,7 +106,8 @@ BAD_INPUT = [
     (["keyloss", "--mode", "rendezvous"], "--mode"),
     (["keyloss", "--hash", "crc32"], "--hash"),
     (["keyloss", "--hash", "ketama", "--vnodes", "50"], "--vnodes"),
-    (["keyloss", "--bogus"], "--bogus"),
+    (["keyloss", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
     (["frobnicate"], "frobnicate"),
     ([], "required"),
 ]
@@ -124,11 +130,29 @@ def test_bad_input_is_one_line_and_exit_2(
     assert needle in err
 
 
+def test_unknown_option_is_named_not_taken_for_a_missing_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "--bogus")
+    assert (code, out) == (2, "")
+    assert err == ("memring: error: unrecognized arguments: --bogus "
+                   "(commands: keyloss, chaos; see memring --help)\n")
+    code, _, err = run(capsys)
+    assert code == 2
+    assert err == ("memring: error: the following arguments are required: COMMAND "
+                   "(one of: keyloss, chaos; see memring --help)\n")
+    code, _, err = run(capsys, "chaos", "--bogus", "--nodes", "3")
+    assert code == 2
+    assert err == ("memring chaos: error: unrecognized arguments: --bogus "
+                   "(see memring chaos --help)\n")
+
+
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "keyloss", "--help")
     assert code == 0
     assert "--nodes" in out and "--simulate" in out and "--live" in out
     assert "--servers" in out and "--down" in out and "--plot" in out
+    assert NODE_LIMITS in " ".join(out.split())  # both limits, as every error states them
     code, out, _ = run(capsys, "--version")
     assert code == 0
     assert __version__ in out
@@ -259,7 +283,7 @@ SERVERS = "127.0.0.1:21211,127.0.0.1:21212,127.0.0.1:21213"
             "twice",
         ),
         (["--servers", SERVERS, "--down", SERVERS], "1 or 2 servers"),
-        (["--servers", "127.0.0.1:21211", "--down", "127.0.0.1:21211"], "at least 2 servers"),
+        (["--servers", "127.0.0.1:21211", "--down", "127.0.0.1:21211"], "from 2 to 64 servers"),
         (["--servers", "127.0.0.1:1,127.0.0.1:2", "--down", "127.0.0.1:1,127.0.0.1:2"], "2 of 2"),
         (["--servers", SERVERS, "--down", "127.0.0.1:21211", "--nodes", "3"], "--nodes"),
         (["--servers", SERVERS, "--down", "127.0.0.1:21211", "--kill", "2"], "--kill 2"),

@@ -37,7 +37,9 @@ from memring.tools.keyloss import (
     FIELDS,
     FORMATS,
     MAX_LIVE_NODES,
+    MAX_NODES,
     MODES,
+    NODE_LIMITS,
     PLOT_INSTALL_HINT,
     KeylossRow,
     PlotUnavailable,
@@ -411,8 +413,8 @@ def no_memcached(monkeypatch: pytest.MonkeyPatch) -> None:
     ("counts", "kwargs", "needle"),
     [
         (None, {}, "node counts"),
-        ([1], {}, "node counts"),
-        ([MAX_LIVE_NODES + 1], {}, "one memcached per node"),
+        ([1], {}, NODE_LIMITS),
+        ([MAX_LIVE_NODES + 1], {}, NODE_LIMITS),
         ([3], {"kill": 3}, "--kill"),
         ([3, 2], {"kill": 2}, "cannot kill 2 of 2"),
         ([3], {"keys": 0}, "--keys"),
@@ -436,6 +438,18 @@ def test_measure_live_checks_its_arguments_before_anything_starts(
     # No memcached binary is needed to be told the input is wrong.
     with pytest.raises(ConfigError, match=re.escape(needle)):
         measure_live(counts, **kwargs)
+
+
+@pytest.mark.usefixtures("no_memcached")
+def test_the_node_limits_have_one_wording_live_and_simulated() -> None:
+    with pytest.raises(ConfigError) as simulated:
+        simulate([MAX_NODES + 1], keys=10)
+    with pytest.raises(ConfigError) as live:
+        measure_live([MAX_LIVE_NODES + 1], keys=10)
+    assert str(simulated.value) == f"each node count must be an integer {NODE_LIMITS}; got 1001"
+    assert str(live.value) == f"each node count must be an integer {NODE_LIMITS}; got 65"
+    assert f"2 to {MAX_LIVE_NODES} live" in NODE_LIMITS and f"to {MAX_NODES} with" in NODE_LIMITS
+    simulate([MAX_LIVE_NODES + 1], keys=10)  # over the live limit is fine in a simulation
 
 
 @pytest.mark.usefixtures("no_memcached")
