@@ -47,6 +47,7 @@ from memring.tools.keyloss import (
     KeylossRow,
     PlotUnavailable,
     check_plot_available,
+    describe_run,
     format_rows,
     measure_live,
     plot_rows,
@@ -62,6 +63,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_NODES = [3, 4, 5, 10]
+#: Seconds between two progress lines when stderr is not a terminal (a CI log).
+_PROGRESS_EVERY = 5.0
 
 
 class _UsageError(Exception):
@@ -240,7 +243,7 @@ def _run_keyloss(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     own_servers = args.servers is not None or args.down is not None
     if args.plot is not None:
         _check_plot_target(args.plot)
-    progress = _Progress(stderr, label=args.prog) if _isatty(stderr) else None
+    progress = _Progress(stderr, label=args.prog, tty=_isatty(stderr), interval=_PROGRESS_EVERY)
     try:
         if live:
             with _quiet_failover_log():
@@ -268,9 +271,10 @@ def _run_keyloss(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
                 progress=progress,
             )
     finally:
-        if progress is not None:
-            progress.clear()
-    stdout.write(format_rows(rows, args.format))
+        progress.clear()
+    servers = len(args.servers) if live and args.servers is not None else None
+    heading = describe_run(live=live, keys=args.keys, seed=args.seed, servers=servers)
+    stdout.write(format_rows(rows, args.format, heading=heading))
     stdout.flush()
     if args.plot is not None:
         how = "live" if live else "simulated"
@@ -423,38 +427,56 @@ def _isatty(stream: TextIO) -> bool:
 
 
 class _Progress:
-    """A one-line ``\\r`` progress display, drawn only once a run takes a moment.
+    """Progress of a long run on ``stream``: in place on a terminal, plain lines elsewhere.
 
     Called as ``progress(done, total)`` by a simulation (keys placed) or as
     ``progress(done, total, phase)`` by a live run (key writes and reads, and
-    what it is doing: ``"4 nodes, ring: reading"``). Redraws when the whole
-    percentage or the phase changes. :meth:`clear` erases the line so the
-    result prints cleanly.
+    what it is doing: ``"4 nodes, ring: reading"``).
+
+    On a terminal (``tty=True``) one ``\\r`` line is redrawn when the whole
+    percentage or the phase changes, once the run has taken ``delay``
+    seconds; :meth:`clear` erases it so the result prints cleanly. Elsewhere
+    (a CI log, a pipe) a plain line is written at most every ``interval``
+    seconds, the first after ``interval``: a quick run prints nothing, a
+    long one is never silent for long.
     """
 
-    def __init__(self, stream: TextIO, *, label: str, delay: float = 0.3) -> None:
+    def __init__(self, stream: TextIO, *, label: str, tty: bool = True, delay: float = 0.3,
+                 interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._label = label
-        self._start = time.monotonic()
+        self._tty = tty
+        self._clock = clock
+        self._start = self._shown_at = clock()
         self._delay = delay
+        self._interval = interval
         self._last: tuple[int, str | None] = (-1, None)
         self._width = 0
 
     def __call__(self, done: int, total: int, phase: str | None = None) -> None:
         percent = 100 * done // total if total else 100
-        if (percent, phase) == self._last or time.monotonic() - self._start < self._delay:
+        if (percent, phase) == self._last:
+            return
+        now = self._clock()
+        if self._tty and now - self._start < self._delay:
+            return
+        if not self._tty and now - self._shown_at < self._interval:
             return
         self._last = (percent, phase)
+        self._shown_at = now
         if phase is None:
             line = f"{self._label}: {percent:3d}% ({done:,}/{total:,} keys placed)"
         else:
             line = f"{self._label}: {percent:3d}% {phase} ({done:,}/{total:,} keys written+read)"
-        self._width = max(self._width, len(line))
-        self._stream.write("\r" + line.ljust(self._width))
+        if self._tty:
+            self._width = max(self._width, len(line))
+            self._stream.write("\r" + line.ljust(self._width))
+        else:
+            self._stream.write(line + "\n")
         self._stream.flush()
 
     def clear(self) -> None:
-        """Erase the progress line, if one was drawn."""
+        """Erase the progress line, if one was drawn in place."""
         if self._width:
             self._stream.write("\r" + " " * self._width + "\r")
             self._stream.flush()

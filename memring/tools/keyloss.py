@@ -104,6 +104,7 @@ __all__ = [
     "backup_expected_loss",
     "check_plot_available",
     "choose_killed",
+    "describe_run",
     "format_rows",
     "measure_live",
     "modulo_expected_loss",
@@ -902,15 +903,17 @@ def _within(tick: _Tick, where: str) -> _Tick:
 
 
 # -- output --------------------------------------------------------------------
-def format_rows(rows: Sequence[KeylossRow], fmt: str = "table") -> str:
+def format_rows(rows: Sequence[KeylossRow], fmt: str = "table", *,
+                heading: str | None = None) -> str:
     """Render rows as ``"table"`` (aligned text), ``"json"`` or ``"csv"``.
 
     The result ends with a newline. JSON is a list of objects and CSV has a
     header; both use exactly the :class:`KeylossRow` field names. The table
-    shows fractions as percentages.
+    shows fractions as percentages, under ``heading`` when one is given (a
+    line that says how the rows were measured, see :func:`describe_run`).
     """
     if fmt == "table":
-        return _format_table(rows)
+        return (f"{heading}\n" if heading else "") + _format_table(rows)
     if fmt == "json":
         return json.dumps([row.as_dict() for row in rows], indent=2) + "\n"
     if fmt == "csv":
@@ -920,6 +923,25 @@ def format_rows(rows: Sequence[KeylossRow], fmt: str = "table") -> str:
         writer.writerows(row.as_dict() for row in rows)
         return out.getvalue()
     raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+
+
+def describe_run(*, live: bool, keys: int, seed: int, servers: int | None = None) -> str:
+    """One line that says how rows were measured: live (and on what) or simulated.
+
+    ``servers`` is the number of the caller's servers a live run measured
+    (``servers``/``down`` of :func:`measure_live`); None for local processes.
+
+    >>> describe_run(live=False, keys=1000, seed=0)
+    'simulated: placement math only, no servers (1,000 keys, seed 0)'
+    """
+    if not live:
+        how = "simulated: placement math only, no servers"
+    elif servers is None:
+        how = "live: real memcached processes on 127.0.0.1, the dead ones SIGKILLed"
+    else:
+        how = (f"live: your {servers} servers, the down ones stood in for by local "
+               "memcached processes that are SIGKILLed")
+    return f"{how} ({keys:,} keys, seed {seed})"
 
 
 def _format_table(rows: Sequence[KeylossRow]) -> str:

@@ -46,6 +46,7 @@ from memring.tools.keyloss import (
     backup_expected_loss,
     check_plot_available,
     choose_killed,
+    describe_run,
     format_rows,
     measure_live,
     modulo_expected_loss,
@@ -380,6 +381,20 @@ def test_table_shows_every_row_with_percentages(rows: list[KeylossRow]) -> None:
         assert cells[5] == f"{row.lost_fraction * 100:.2f}%"
         assert cells[6] == f"{row.expected_fraction * 100:.2f}%"
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule align
+
+
+def test_the_table_says_how_the_rows_were_measured(rows: list[KeylossRow]) -> None:
+    simulated = describe_run(live=False, keys=2000, seed=0)
+    assert simulated == "simulated: placement math only, no servers (2,000 keys, seed 0)"
+    local = describe_run(live=True, keys=2000, seed=4)
+    assert local.startswith("live: real memcached processes on 127.0.0.1")
+    servers = describe_run(live=True, keys=2000, seed=0, servers=3)
+    assert servers.startswith("live: your 3 servers") and "stood in for" in servers
+    text = format_rows(rows, "table", heading=local)
+    assert text == f"{local}\n" + format_rows(rows, "table")
+    # Machine formats stay as they are: the heading is for people.
+    assert format_rows(rows, "json", heading=local) == format_rows(rows, "json")
+    assert format_rows(rows, "csv", heading=local) == format_rows(rows, "csv")
 
 
 def test_every_format_ends_with_newline(rows: list[KeylossRow]) -> None:
