@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -527,8 +528,11 @@ def _add_chaos_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument("--nodes", type=int, default=defaults.nodes,
                    help=f"memcached processes to start (default: {defaults.nodes})")
+    turn = math.ceil(chaos.fit_schedule(defaults).needed_s)
     p.add_argument("--duration", type=float, default=defaults.duration, metavar="SECONDS",
-                   help=f"how long the load runs (default: {defaults.duration:g})")
+                   help=f"how long the load runs (default: {defaults.duration:g}); one turn "
+                   f"of every fault kind takes about {turn} s, and a shorter run says up "
+                   "front which kinds it skips")
     p.add_argument("--threads", type=int, default=defaults.threads,
                    help=f"worker threads sharing one client (default: {defaults.threads})")
     p.add_argument("--mode", choices=chaos.MODES, default=defaults.mode,
@@ -575,6 +579,9 @@ def _run_chaos(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     def log(message: str) -> None:
         print(f"{args.prog}: {message}", file=stderr, flush=True)
 
+    note = chaos.fit_schedule(config).note
+    if note is not None:
+        log(f"note: {note}")
     with _quiet_failover_log():  # nodes fail on purpose: the report says what matters
         report = chaos.run_chaos(config, log=log if args.verbose else None)
     stdout.write(chaos.format_report(report, args.format))
