@@ -18,8 +18,12 @@ traceback.
 Exit status: 0 on success; 2 on invalid input (one ``error:`` line on
 stderr, never a traceback); 1 when the measurement could not run (no
 memcached binary, an unreachable server, a result that can't be trusted),
-again as one ``error:`` line; 130 when interrupted, after every process the
-command started has been stopped.
+again as one ``error:`` line; 130 when interrupted (Ctrl-C) and 143 on
+SIGTERM, after every process the command started has been stopped.
+
+A command started with SIGINT ignored (``cmd &`` in a script, where the shell
+ignores SIGINT for background jobs) keeps ignoring it, as the caller asked;
+SIGTERM stops it cleanly.
 
 Run it as ``memring ...`` or ``python -m memring ...``.
 """
@@ -31,9 +35,12 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import NoReturn, TextIO
 
 import memring.tools.chaos as chaos
@@ -63,6 +70,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 DEFAULT_NODES = [3, 4, 5, 10]
 #: Seconds between two progress lines when stderr is not a terminal (a CI log).
 _PROGRESS_EVERY = 5.0
@@ -349,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns the exit status: 0 on success, 2 on invalid input (after printing
     one ``error:`` line on stderr), 1 when the command could not do its job
-    (also one ``error:`` line), 130 when interrupted.
+    (also one ``error:`` line), 130 when interrupted (Ctrl-C), 143 on SIGTERM.
     """
     stdout, stderr = sys.stdout, sys.stderr
     parser = build_parser()
@@ -362,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
     try:
-        return handler(args, stdout, stderr)
+        with _terminate_as_interrupt():
+            return handler(args, stdout, stderr)
     except _UsageError as exc:
         print(exc, file=stderr)
         return EXIT_USAGE
@@ -372,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{args.prog}: interrupted", file=stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print(f"{args.prog}: terminated", file=stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         # The reader went away (``memring keyloss | head``): not an error.
         # Point stdout at /dev/null so the interpreter's final flush stays quiet.
@@ -382,6 +394,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_Failure, MemringError, OSError) as exc:
         print(f"{args.prog}: error: {_one_line(exc)}", file=stderr)
         return EXIT_FAILURE
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, stopping every process on the way out.
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception``
+    on the way takes it for an ordinary error.
+    """
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM stops it as Ctrl-C does.
+
+    Without this, SIGTERM ends Python at once and leaves the memcached
+    processes the command started running. It matters most where Ctrl-C
+    cannot reach the command: started with SIGINT ignored (a background
+    job of a script), it keeps ignoring SIGINT, as POSIX tools do and Python
+    itself does — the caller asked for that — and SIGTERM is how to stop it.
+    Only the first SIGTERM is turned into :class:`_Terminated`: more are
+    ignored while the processes are being stopped. Nothing changes when
+    SIGTERM is ignored already, or off the main thread (no handler there).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -323,13 +323,32 @@ def test_a_survivor_failing_is_an_error_not_a_loss(started: list[int], mode: str
 
 
 # -- as a separate process -----------------------------------------------------------
-class Watched:
-    """A ``python -m memring`` child, and the memcached PIDs seen under it."""
+#: Runs ``python -m memring ARGS`` with SIGINT set to ``sys.argv[1]`` ("default" or
+#: "ignore") first: exec keeps an ignored signal ignored and resets a handled one.
+_WITH_SIGINT = (
+    "import os, signal, sys; "
+    "how = {'default': signal.SIG_DFL, 'ignore': signal.SIG_IGN}[sys.argv[1]]; "
+    "signal.signal(signal.SIGINT, how); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'memring', *sys.argv[2:]])"
+)
 
-    def __init__(self, *argv: str) -> None:
+
+class Watched:
+    """A ``python -m memring`` child, and the memcached PIDs seen under it.
+
+    ``sigint="default"`` starts it as a shell starts a command in the
+    foreground, where Ctrl-C reaches it, whatever this process does with
+    SIGINT (pytest run as a background job of a script ignores it, and
+    children inherit that). ``"ignore"`` starts it as such a background job.
+    None: as this process has it.
+    """
+
+    def __init__(self, *argv: str, sigint: str | None = None) -> None:
+        command = [sys.executable, "-m", "memring", *argv]
+        if sigint is not None:
+            command = [sys.executable, "-c", _WITH_SIGINT, sigint, *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memring", *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.seen: set[int] = set()
         self._done = threading.Event()
@@ -367,18 +386,42 @@ def test_python_dash_m_memring_live() -> None:
     assert [pid for pid in child.seen if alive(pid)] == []  # ...and stopped them all
 
 
-def test_ctrl_c_stops_every_process_and_exits_130() -> None:
-    child = Watched("keyloss", "--live", "--nodes", "3", "--keys", "400000", "--mode", "ring")
+def _into_the_writes(child: Watched) -> None:
+    """Wait until ``child`` has started its 3 memcached processes and is writing."""
     deadline = time.monotonic() + 60
     while len(child.seen) < 3 and child.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)  # into the writes
+    time.sleep(0.3)
     assert child.proc.poll() is None, "finished before it could be interrupted"
+
+
+LONG_RUN = ("keyloss", "--live", "--nodes", "3", "--keys", "400000", "--mode", "ring")
+
+
+def test_ctrl_c_stops_every_process_and_exits_130() -> None:
+    child = Watched(*LONG_RUN, sigint="default")
+    _into_the_writes(child)
     child.proc.send_signal(signal.SIGINT)  # to the command only, not to memcached
+    _assert_stopped(child, 130, "memring keyloss: interrupted")
+
+
+def test_started_with_sigint_ignored_it_ignores_it_and_sigterm_stops_it() -> None:
+    # As a background job of a script: the caller asked that Ctrl-C not reach it.
+    child = Watched(*LONG_RUN, sigint="ignore")
+    _into_the_writes(child)
+    child.proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert child.proc.poll() is None, "SIGINT stopped a command started with it ignored"
+    child.proc.send_signal(signal.SIGTERM)  # and it still stops every process it started
+    _assert_stopped(child, 143, "memring keyloss: terminated")
+
+
+def _assert_stopped(child: Watched, status: int, last_line: str) -> None:
+    """``child`` ends with ``status`` and ``last_line``, its 3 memcached processes gone."""
     out, err = child.communicate(timeout=60)
-    assert child.proc.returncode == 130, err
+    assert child.proc.returncode == status, err
     assert out == ""
-    assert err.endswith("memring keyloss: interrupted\n") and "Traceback" not in err
+    assert err.endswith(last_line + "\n") and "Traceback" not in err
     assert len(child.seen) == 3
     assert [pid for pid in child.seen if alive(pid)] == []
 
