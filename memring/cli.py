@@ -18,8 +18,12 @@ traceback.
 Exit status: 0 on success; 2 on invalid input (one ``error:`` line on
 stderr, never a traceback); 1 when the measurement could not run (no
 memcached binary, an unreachable server, a result that can't be trusted),
-again as one ``error:`` line; 130 when interrupted, after every process the
-command started has been stopped.
+again as one ``error:`` line; 130 when interrupted (Ctrl-C) and 143 on
+SIGTERM, after every process the command started has been stopped.
+
+A command started with SIGINT ignored (``cmd &`` in a script, where the shell
+ignores SIGINT for background jobs) keeps ignoring it, as the caller asked;
+SIGTERM stops it cleanly.
 
 Run it as ``memring ...`` or ``python -m memring ...``.
 """
@@ -29,10 +33,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import NoReturn, TextIO
 
 import memring.tools.chaos as chaos
@@ -43,9 +51,11 @@ from memring.tools.keyloss import (
     DEFAULT_KEYS,
     FORMATS,
     MODES,
+    NODE_LIMITS,
     KeylossRow,
     PlotUnavailable,
     check_plot_available,
+    describe_run,
     format_rows,
     measure_live,
     plot_rows,
@@ -60,7 +70,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 DEFAULT_NODES = [3, 4, 5, 10]
+#: Seconds between two progress lines when stderr is not a terminal (a CI log).
+_PROGRESS_EVERY = 5.0
 
 
 class _UsageError(Exception):
@@ -74,28 +87,34 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message}")
 
 
+def _comma_items(text: str, expected: str) -> list[str]:
+    """The items of a comma-separated option value, each stripped; none may be empty.
+
+    ``expected`` says what the value should look like, for the error
+    (``"node counts such as 3,4,5,10"``): ``3,,4``, ``3,4,`` and ``""`` are
+    refused, not read as ``3,4``.
+    """
+    items = [p.strip() for p in text.split(",")]
+    if not all(items):
+        what = "an empty value" if not text.strip() else f"an empty item in {text!r}"
+        raise argparse.ArgumentTypeError(f"expected comma-separated {expected}; got {what}")
+    return items
+
+
 def _node_counts(text: str) -> list[int]:
     """Parse ``--nodes``: a comma-separated list of integers such as ``3,4,5,10``."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    expected = "node counts such as 3,4,5,10"
+    items = _comma_items(text, expected)
     try:
-        counts = [int(p) for p in parts]
+        return [int(p) for p in items]
     except ValueError:
-        counts = []
-    if not counts:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated node counts such as 3,4,5,10; got {text!r}"
-        )
-    return counts
+        raise argparse.ArgumentTypeError(f"expected comma-separated {expected}; "
+                                         f"got {text!r}") from None
 
 
 def _server_list(text: str) -> list[str]:
     """Parse ``--servers``/``--down``: comma-separated ``host:port`` addresses."""
-    servers = [p.strip() for p in text.split(",") if p.strip()]
-    if not servers:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated host:port addresses such as 10.0.0.1:11211; got {text!r}"
-        )
-    return servers
+    return _comma_items(text, "host:port addresses such as 10.0.0.1:11211")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="memring: a Memcached client for web sessions that survives losing nodes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Not required=True: argparse would then report a missing COMMAND before an
+    # unknown option (``memring --bogus``); _parse says which is wrong.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     keyloss = commands.add_parser(
         "keyloss",
@@ -161,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_node_counts,
         default=None,
         metavar="N[,N...]",
-        help="cluster sizes to measure (default: 3,4,5,10); each gets fresh processes",
+        help=f"cluster sizes to measure, each {NODE_LIMITS} (default: 3,4,5,10); "
+        "each gets fresh processes",
     )
     keyloss.add_argument(
         "--servers",
@@ -230,7 +252,7 @@ def _run_keyloss(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     own_servers = args.servers is not None or args.down is not None
     if args.plot is not None:
         _check_plot_target(args.plot)
-    progress = _Progress(stderr, label=args.prog) if _isatty(stderr) else None
+    progress = _Progress(stderr, label=args.prog, tty=_isatty(stderr), interval=_PROGRESS_EVERY)
     try:
         if live:
             with _quiet_failover_log():
@@ -258,9 +280,10 @@ def _run_keyloss(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
                 progress=progress,
             )
     finally:
-        if progress is not None:
-            progress.clear()
-    stdout.write(format_rows(rows, args.format))
+        progress.clear()
+    servers = len(args.servers) if live and args.servers is not None else None
+    heading = describe_run(live=live, keys=args.keys, seed=args.seed, servers=servers)
+    stdout.write(format_rows(rows, args.format, heading=heading))
     stdout.flush()
     if args.plot is not None:
         how = "live" if live else "simulated"
@@ -334,12 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns the exit status: 0 on success, 2 on invalid input (after printing
     one ``error:`` line on stderr), 1 when the command could not do its job
-    (also one ``error:`` line), 130 when interrupted.
+    (also one ``error:`` line), 130 when interrupted (Ctrl-C), 143 on SIGTERM.
     """
     stdout, stderr = sys.stdout, sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except _UsageError as exc:
         print(exc, file=stderr)
         return EXIT_USAGE
@@ -347,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
     try:
-        return handler(args, stdout, stderr)
+        with _terminate_as_interrupt():
+            return handler(args, stdout, stderr)
     except _UsageError as exc:
         print(exc, file=stderr)
         return EXIT_USAGE
@@ -357,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{args.prog}: interrupted", file=stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print(f"{args.prog}: terminated", file=stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         # The reader went away (``memring keyloss | head``): not an error.
         # Point stdout at /dev/null so the interpreter's final flush stays quiet.
@@ -367,6 +394,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_Failure, MemringError, OSError) as exc:
         print(f"{args.prog}: error: {_one_line(exc)}", file=stderr)
         return EXIT_FAILURE
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, stopping every process on the way out.
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception``
+    on the way takes it for an ordinary error.
+    """
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM stops it as Ctrl-C does.
+
+    Without this, SIGTERM ends Python at once and leaves the memcached
+    processes the command started running. It matters most where Ctrl-C
+    cannot reach the command: started with SIGINT ignored (a background
+    job of a script), it keeps ignoring SIGINT, as POSIX tools do and Python
+    itself does — the caller asked for that — and SIGTERM is how to stop it.
+    Only the first SIGTERM is turned into :class:`_Terminated`: more are
+    ignored while the processes are being stopped. Nothing changes when
+    SIGTERM is ignored already, or off the main thread (no handler there).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; a :class:`_UsageError` names what is wrong.
+
+    An unknown option is reported as unknown, before a missing command
+    (``memring --bogus``), and both errors list the commands.
+    """
+    args, unknown = parser.parse_known_args(argv)
+    commands = ", ".join(_command_names(parser))
+    command: str | None = args.command
+    if unknown:
+        prog = args.prog if command is not None else PROG
+        where = f"commands: {commands}; " if command is None else ""
+        raise _UsageError(
+            f"{prog}: error: unrecognized arguments: {' '.join(unknown)} "
+            f"({where}see {prog} --help)"
+        )
+    if command is None:
+        raise _UsageError(
+            f"{PROG}: error: the following arguments are required: COMMAND "
+            f"(one of: {commands}; see {PROG} --help)"
+        )
+    return args
+
+
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommands of ``parser``, in the order they were added."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
 
 
 def _one_line(exc: BaseException) -> str:
@@ -381,38 +477,56 @@ def _isatty(stream: TextIO) -> bool:
 
 
 class _Progress:
-    """A one-line ``\\r`` progress display, drawn only once a run takes a moment.
+    """Progress of a long run on ``stream``: in place on a terminal, plain lines elsewhere.
 
     Called as ``progress(done, total)`` by a simulation (keys placed) or as
     ``progress(done, total, phase)`` by a live run (key writes and reads, and
-    what it is doing: ``"4 nodes, ring: reading"``). Redraws when the whole
-    percentage or the phase changes. :meth:`clear` erases the line so the
-    result prints cleanly.
+    what it is doing: ``"4 nodes, ring: reading"``).
+
+    On a terminal (``tty=True``) one ``\\r`` line is redrawn when the whole
+    percentage or the phase changes, once the run has taken ``delay``
+    seconds; :meth:`clear` erases it so the result prints cleanly. Elsewhere
+    (a CI log, a pipe) a plain line is written at most every ``interval``
+    seconds, the first after ``interval``: a quick run prints nothing, a
+    long one is never silent for long.
     """
 
-    def __init__(self, stream: TextIO, *, label: str, delay: float = 0.3) -> None:
+    def __init__(self, stream: TextIO, *, label: str, tty: bool = True, delay: float = 0.3,
+                 interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._label = label
-        self._start = time.monotonic()
+        self._tty = tty
+        self._clock = clock
+        self._start = self._shown_at = clock()
         self._delay = delay
+        self._interval = interval
         self._last: tuple[int, str | None] = (-1, None)
         self._width = 0
 
     def __call__(self, done: int, total: int, phase: str | None = None) -> None:
         percent = 100 * done // total if total else 100
-        if (percent, phase) == self._last or time.monotonic() - self._start < self._delay:
+        if (percent, phase) == self._last:
+            return
+        now = self._clock()
+        if self._tty and now - self._start < self._delay:
+            return
+        if not self._tty and now - self._shown_at < self._interval:
             return
         self._last = (percent, phase)
+        self._shown_at = now
         if phase is None:
             line = f"{self._label}: {percent:3d}% ({done:,}/{total:,} keys placed)"
         else:
             line = f"{self._label}: {percent:3d}% {phase} ({done:,}/{total:,} keys written+read)"
-        self._width = max(self._width, len(line))
-        self._stream.write("\r" + line.ljust(self._width))
+        if self._tty:
+            self._width = max(self._width, len(line))
+            self._stream.write("\r" + line.ljust(self._width))
+        else:
+            self._stream.write(line + "\n")
         self._stream.flush()
 
     def clear(self) -> None:
-        """Erase the progress line, if one was drawn."""
+        """Erase the progress line, if one was drawn in place."""
         if self._width:
             self._stream.write("\r" + " " * self._width + "\r")
             self._stream.flush()
@@ -426,12 +540,10 @@ def _fault_list(text: str) -> tuple[str, ...]:
     """Parse ``--faults``: comma-separated fault kinds, or ``none``."""
     if text.strip() == "none":
         return ()
-    faults = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
-    unknown = [f for f in faults if f not in chaos.FAULTS]
-    if not faults or unknown:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(chaos.FAULTS)} (or none); got {text!r}"
-        )
+    expected = f"fault kinds from {', '.join(chaos.FAULTS)} (or none)"
+    faults = tuple(dict.fromkeys(_comma_items(text, expected)))
+    if any(f not in chaos.FAULTS for f in faults):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {expected}; got {text!r}")
     return faults
 
 
@@ -465,8 +577,11 @@ def _add_chaos_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument("--nodes", type=int, default=defaults.nodes,
                    help=f"memcached processes to start (default: {defaults.nodes})")
+    turn = math.ceil(chaos.fit_schedule(defaults).needed_s)
     p.add_argument("--duration", type=float, default=defaults.duration, metavar="SECONDS",
-                   help=f"how long the load runs (default: {defaults.duration:g})")
+                   help=f"how long the load runs (default: {defaults.duration:g}); one turn "
+                   f"of every fault kind takes about {turn} s, and a shorter run says up "
+                   "front which kinds it skips")
     p.add_argument("--threads", type=int, default=defaults.threads,
                    help=f"worker threads sharing one client (default: {defaults.threads})")
     p.add_argument("--mode", choices=chaos.MODES, default=defaults.mode,
@@ -513,6 +628,9 @@ def _run_chaos(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     def log(message: str) -> None:
         print(f"{args.prog}: {message}", file=stderr, flush=True)
 
+    note = chaos.fit_schedule(config).note
+    if note is not None:
+        log(f"note: {note}")
     with _quiet_failover_log():  # nodes fail on purpose: the report says what matters
         report = chaos.run_chaos(config, log=log if args.verbose else None)
     stdout.write(chaos.format_report(report, args.format))

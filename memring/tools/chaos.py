@@ -18,7 +18,12 @@ from ``seed``:
     one usually while the node is still warming from the first.
 
 The next fault is injected only after every node is back UP in the client's
-view (the warming window over) and a short healthy pause.
+view (the warming window over) and a short healthy pause. Every kind comes
+once, in a seeded order, before any comes twice; with the warming window a
+fault takes about 6-7 s, so one turn of all four takes about 27 s.
+:func:`fit_schedule` says before a run how long its turn takes and which
+kinds a shorter run will skip, and the report's ``skipped_faults`` names each
+kind the run did not inject, and why.
 
 The workload
 ------------
@@ -122,9 +127,12 @@ __all__ = [
     "LogCallback",
     "PhaseLatency",
     "PlannedFault",
+    "ScheduleFit",
+    "fit_schedule",
     "format_report",
     "plan_faults",
     "run_chaos",
+    "skipped_faults",
 ]
 
 #: Fault kinds, in the order the CLI lists them.
@@ -363,6 +371,86 @@ def plan_faults(config: ChaosConfig, count: int = 1000) -> list[PlannedFault]:
     return plan
 
 
+#: A returning node answers two recovery probes a quarter second apart
+#: before the client takes it back; with thread scheduling, about this long.
+_RETURN_PROBES = 0.35
+#: Starting a memcached process again after a kill, generously.
+_RESTART_S = 0.1
+#: A fault must be over (resumed or restarted) this long before the run ends.
+_END_MARGIN = 1.0
+
+
+@dataclass(frozen=True)
+class ScheduleFit:
+    """Which fault kinds a run of ``config.duration`` reaches: an estimate, made before it runs.
+
+    ``kinds`` are the fault kinds of the schedule's first turn (every kind
+    once, in the seeded order of :func:`plan_faults`) and ``starts`` the time
+    each is injected at the latest (the slowest return the health policy
+    allows, then the whole warming window, before the next fault).
+    ``needed_s`` is the shortest duration in which every kind gets its turn;
+    ``skipped`` are the kinds a run of ``duration_s`` reaches too late.
+    """
+
+    duration_s: float
+    kinds: tuple[str, ...]
+    starts: tuple[float, ...]
+    needed_s: float
+    skipped: tuple[str, ...]
+
+    @property
+    def note(self) -> str | None:
+        """One line that says, before the run, which kinds it will skip; None if none."""
+        if not self.skipped:
+            return None
+        late = ", ".join(f"{k} (its turn comes at about {self.start_of(k):.0f} s)"
+                         for k in self.skipped)
+        return (f"a {self.duration_s:g} s run is too short for one turn of every fault kind: "
+                f"it will skip {late}; a run of {math.ceil(self.needed_s)} s or more "
+                "injects every kind")
+
+    def start_of(self, kind: str) -> float:
+        """When ``kind`` gets its first turn, at the latest (seconds into the run)."""
+        return self.starts[self.kinds.index(kind)]
+
+    def reason(self, kind: str) -> str:
+        """Why a run skipped ``kind``, for the report."""
+        if kind in self.skipped:
+            return (f"its turn comes at about {self.start_of(kind):.0f} s, too late for a "
+                    f"{self.duration_s:g} s run (every kind needs about "
+                    f"{math.ceil(self.needed_s)} s)")
+        return ("earlier faults took longer than planned (a slow return, or a node marked "
+                "down with no fault injected: see the events)")
+
+
+def fit_schedule(config: ChaosConfig) -> ScheduleFit:
+    """Estimate when each fault kind of ``config`` gets its first turn; see :class:`ScheduleFit`.
+
+    The run injects a fault only when every node is up again and the fault
+    can be over :data:`_END_MARGIN` before the end; a fault lasts its holds
+    and gaps, the node's return (at most one probe delay plus two probes),
+    and the warming window. The estimate takes the slowest return, so a run
+    of ``needed_s`` reaches every kind unless a node is slower than the
+    policy allows or is marked down without a fault.
+    """
+    plan = plan_faults(config, len(config.faults))
+    lead = min(_LEAD, config.duration / 5)
+    back = config.probe_delay_max + _RETURN_PROBES
+    t = lead
+    starts: list[float] = []
+    needed = 0.0
+    for fault in plan:
+        t += fault.pause
+        starts.append(t)
+        needed = t + fault.busy + _END_MARGIN
+        restarts = sum(1 for action, _, _ in fault.cycles if action == "kill")
+        t += fault.busy + restarts * _RESTART_S + back + config.warming_seconds
+    skipped = tuple(f.kind for f, start in zip(plan, starts, strict=True)
+                    if start + f.busy + _END_MARGIN > config.duration)
+    return ScheduleFit(config.duration, tuple(f.kind for f in plan), tuple(starts), needed,
+                       skipped)
+
+
 # ---------------------------------------------------------------------------
 # the report
 
@@ -456,6 +544,8 @@ class ChaosReport:
     servers: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    #: Fault kinds of ``config.faults`` the run never injected, and why.
+    skipped_faults: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -508,6 +598,7 @@ class ChaosReport:
             "multi_downs": list(self.multi_downs),
             "servers": list(self.servers),
             "pids": list(self.pids),
+            "skipped_faults": dict(self.skipped_faults),
         }
 
 
@@ -1255,10 +1346,17 @@ def _report(run: _Run, workers: list[_Worker], metrics: dict[str, Any],
             "node": node.label, "t": round(t, 4),
             "down_s": None if back is None else round(back - t, 4)})
     report.multi_downs = _multi_downs(run.monitor.downs, elapsed)
+    report.skipped_faults = skipped_faults(config, [e.planned.kind for e in run.events])
     report.servers = list(run.cluster.servers)
     report.pids = list(run.pids)
     report.violations = _violations(report, stuck)
     return report
+
+
+def skipped_faults(config: ChaosConfig, injected: Sequence[str]) -> dict[str, str]:
+    """``{kind: why}`` for each kind of ``config.faults`` not among the ``injected`` kinds."""
+    fit = fit_schedule(config)
+    return {kind: fit.reason(kind) for kind in config.faults if kind not in injected}
 
 
 def _violations(r: ChaosReport, stuck: list[str]) -> list[str]:
@@ -1396,6 +1494,8 @@ def _format_table(r: ChaosReport) -> str:
                 f"{e.missing_fraction:>7.1%} {e.victim_share:>7.1%} {promise:>7}")
     else:
         lines.append("no fault injected")
+    for kind, why in r.skipped_faults.items():
+        lines.append(f"skipped    {kind}: {why}")
     for u in r.unplanned_downs:
         lines.append(f"unplanned  {u['node']} marked down at {u['t']:.2f}s for "
                      f"{'?' if u['down_s'] is None else format(u['down_s'], '.2f')}s "

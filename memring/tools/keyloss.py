@@ -93,6 +93,7 @@ __all__ = [
     "MAX_LIVE_NODES",
     "MAX_NODES",
     "MODES",
+    "NODE_LIMITS",
     "PLOT_INSTALL_HINT",
     "SERVERS_KEY_PREFIX",
     "KeylossError",
@@ -103,6 +104,7 @@ __all__ = [
     "backup_expected_loss",
     "check_plot_available",
     "choose_killed",
+    "describe_run",
     "format_rows",
     "measure_live",
     "modulo_expected_loss",
@@ -123,9 +125,13 @@ KILL_CHOICES = (1, 2)
 DEFAULT_KEYS = 100_000
 #: Largest simulated cluster (400 points per node are built in memory).
 MAX_NODES = 1000
-
 #: Largest live cluster (one memcached process per node).
 MAX_LIVE_NODES = 64
+#: The node-count limits, in the one wording the errors and ``--help`` use.
+NODE_LIMITS = (
+    f"from 2 to {MAX_LIVE_NODES} live (one memcached process per node) "
+    f"or to {MAX_NODES} with --simulate"
+)
 #: How to get what :func:`plot_rows` needs.
 PLOT_INSTALL_HINT = "pip install 'memring[plot]'"
 
@@ -314,7 +320,11 @@ def _validate(
     vnodes: int | None,
     max_nodes: int = MAX_NODES,
 ) -> tuple[list[int], list[str]]:
-    """Check every argument of :func:`simulate`; return the counts and modes as lists."""
+    """Check every argument of :func:`simulate`; return the counts and modes as lists.
+
+    ``max_nodes`` is :data:`MAX_NODES` for a simulation and
+    :data:`MAX_LIVE_NODES` for a live run; the message states both limits.
+    """
     if isinstance(node_counts, (str, bytes)):
         raise ConfigError("node counts must be a list of integers, not a string")
     counts = list(node_counts)
@@ -324,7 +334,7 @@ def _validate(
         raise ConfigError(f"--kill must be 1 or 2, got {kill!r}")
     for n in counts:
         if not _is_int(n) or not 2 <= n <= max_nodes:
-            raise ConfigError(f"node counts must be integers from 2 to {max_nodes}, got {n!r}")
+            raise ConfigError(f"each node count must be an integer {NODE_LIMITS}; got {n!r}")
         if kill >= n:
             raise ConfigError(f"cannot kill {kill} of {n} nodes: at least one must survive")
     if not _is_int(keys) or keys < 1:
@@ -498,15 +508,8 @@ def measure_live(
         raise ConfigError("give the node counts to measure, or servers and down")
     if kill is None:
         kill = 1
-    if not isinstance(node_counts, (str, bytes)):
-        node_counts = list(node_counts)
-        for n in node_counts:
-            if _is_int(n) and n > MAX_LIVE_NODES:
-                raise ConfigError(
-                    f"live mode starts one memcached per node: node counts must be at most "
-                    f"{MAX_LIVE_NODES}, got {n}"
-                )
-    counts, mode_list = _validate(node_counts, keys, kill, modes, seed, hash, vnodes)
+    counts, mode_list = _validate(node_counts, keys, kill, modes, seed, hash, vnodes,
+                                  max_nodes=MAX_LIVE_NODES)
     find_memcached()  # no binary: fail before any work, with the install hint
     key_list = session_keys(keys, seed)
     tick = _ticker(progress, 2 * keys * len(counts) * len(mode_list))
@@ -598,10 +601,10 @@ def _validate_servers(
     if node_counts is not None:
         raise ConfigError("--nodes does not apply with --servers: N is the number of servers")
     members = parse_nodes(servers)
-    if len(members) < 2:
-        raise ConfigError(f"--servers needs at least 2 servers, got {len(members)}")
-    if len(members) > MAX_LIVE_NODES:
-        raise ConfigError(f"--servers takes at most {MAX_LIVE_NODES} servers")
+    if not 2 <= len(members) <= MAX_LIVE_NODES:
+        raise ConfigError(
+            f"--servers takes from 2 to {MAX_LIVE_NODES} servers, got {len(members)}"
+        )
     gone = parse_nodes(down)
     if len(gone) not in KILL_CHOICES:
         raise ConfigError(f"--down must name 1 or 2 servers, got {len(gone)}")
@@ -905,15 +908,17 @@ def _within(tick: _Tick, where: str) -> _Tick:
 
 
 # -- output --------------------------------------------------------------------
-def format_rows(rows: Sequence[KeylossRow], fmt: str = "table") -> str:
+def format_rows(rows: Sequence[KeylossRow], fmt: str = "table", *,
+                heading: str | None = None) -> str:
     """Render rows as ``"table"`` (aligned text), ``"json"`` or ``"csv"``.
 
     The result ends with a newline. JSON is a list of objects and CSV has a
     header; both use exactly the :class:`KeylossRow` field names. The table
-    shows fractions as percentages.
+    shows fractions as percentages, under ``heading`` when one is given (a
+    line that says how the rows were measured, see :func:`describe_run`).
     """
     if fmt == "table":
-        return _format_table(rows)
+        return (f"{heading}\n" if heading else "") + _format_table(rows)
     if fmt == "json":
         return json.dumps([row.as_dict() for row in rows], indent=2) + "\n"
     if fmt == "csv":
@@ -923,6 +928,25 @@ def format_rows(rows: Sequence[KeylossRow], fmt: str = "table") -> str:
         writer.writerows(row.as_dict() for row in rows)
         return out.getvalue()
     raise ConfigError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+
+
+def describe_run(*, live: bool, keys: int, seed: int, servers: int | None = None) -> str:
+    """One line that says how rows were measured: live (and on what) or simulated.
+
+    ``servers`` is the number of the caller's servers a live run measured
+    (``servers``/``down`` of :func:`measure_live`); None for local processes.
+
+    >>> describe_run(live=False, keys=1000, seed=0)
+    'simulated: placement math only, no servers (1,000 keys, seed 0)'
+    """
+    if not live:
+        how = "simulated: placement math only, no servers"
+    elif servers is None:
+        how = "live: real memcached processes on 127.0.0.1, the dead ones SIGKILLed"
+    else:
+        how = (f"live: your {servers} servers, the down ones stood in for by local "
+               "memcached processes that are SIGKILLed")
+    return f"{how} ({keys:,} keys, seed {seed})"
 
 
 def _format_table(rows: Sequence[KeylossRow]) -> str:

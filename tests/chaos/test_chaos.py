@@ -32,6 +32,7 @@ from memring.tools.chaos import (
     ChaosConfig,
     ChaosReport,
     FaultEvent,
+    fit_schedule,
     format_report,
     run_chaos,
 )
@@ -40,7 +41,8 @@ from memring.tools.local import MemcachedNotFound, find_memcached
 pytestmark = pytest.mark.chaos
 
 #: Long enough for every fault kind once (a fault and its warming window take
-#: about 7 s with the engine's failover_ttl of 3 s), short enough for CI.
+#: about 7 s with the engine's failover_ttl of 3 s; fit_schedule says about
+#: 27 s), short enough for CI.
 DURATION = 32.0
 SEED = 1
 #: A hung node is marked down by the first call that waits a read timeout on
@@ -89,8 +91,11 @@ def _examples(report: ChaosReport, what: str) -> str:
 
 
 def test_every_fault_kind_was_injected(report: ChaosReport) -> None:
+    # DURATION is long enough for one turn of every kind, by the schedule's own estimate.
+    assert fit_schedule(report.config).skipped == ()
     kinds = {e.kind for e in report.events}
     assert kinds == set(FAULTS), _table(report)
+    assert report.skipped_faults == {}, _table(report)
 
 
 def test_no_stale_reads(report: ChaosReport) -> None:

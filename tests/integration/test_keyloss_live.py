@@ -31,6 +31,7 @@ from memring.cli import main
 from memring.hashring import DEFAULT_VNODES
 from memring.hashring.hashes import murmur3_key_hash
 from memring.tools.keyloss import (
+    NODE_LIMITS,
     SERVERS_KEY_PREFIX,
     KeylossError,
     measure_live,
@@ -101,6 +102,15 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+PROGRESS_LINE = re.compile(r"memring keyloss: +\d+% .+ \([\d,]+/[\d,]+ keys written\+read\)")
+
+
+def assert_only_progress(err: str) -> None:
+    """Off a terminal stderr holds plain progress lines, if any, and nothing else."""
+    assert "\r" not in err, err
+    assert all(PROGRESS_LINE.fullmatch(line) for line in err.splitlines()), err
+
+
 def assert_one_error_line(err: str, needle: str) -> None:
     assert "Traceback" not in err
     assert err.count("\n") == 1 and err.endswith("\n"), err
@@ -138,7 +148,7 @@ def test_known_answers_and_live_is_the_default(
     # No --live and no --simulate: memcached is installed, so this is live.
     code, out, err = run(capsys, "keyloss", "--nodes", "3,4", "--keys", "20000", "--format", "json")
     assert code == 0, err
-    assert err == ""  # not a TTY: no progress line; the failover warnings are hidden
+    assert_only_progress(err)  # not a TTY: plain progress lines; the failover warnings hidden
     assert len(started) == (3 + 4) * 3
     rows = {(r["nodes"], r["mode"]): r for r in json.loads(out)}
     assert all(list(r) == FIELDS for r in rows.values())
@@ -160,9 +170,11 @@ def test_table_csv_and_plot(
     code, table, err = run(capsys, *argv, *with_plot)
     assert code == 0, err
     lines = table.splitlines()
-    assert lines[0].split() == ["nodes", "killed", "mode", "keys", "lost", "lost", "%",
+    assert lines[0] == ("live: real memcached processes on 127.0.0.1, the dead ones SIGKILLed "
+                        "(5,000 keys, seed 5)")
+    assert lines[1].split() == ["nodes", "killed", "mode", "keys", "lost", "lost", "%",
                                 "expected", "%"]  # fmt: skip
-    assert [line.split()[:3] for line in lines[2:]] == [["4", "2", m] for m in ALL]
+    assert [line.split()[:3] for line in lines[3:]] == [["4", "2", m] for m in ALL]
     if with_plot:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, csv_out, _ = run(capsys, *argv, "--format", "csv")
@@ -234,12 +246,13 @@ def test_unreachable_server_is_one_line_and_exit_1(
 @pytest.mark.parametrize(
     ("argv", "code", "needle"),
     [
-        (["--nodes", "4,1"], 2, "node counts"),
+        (["--nodes", "4,1"], 2, NODE_LIMITS),
+        (["--nodes", "4,,5"], 2, "empty item"),
         (["--nodes", "3,many"], 2, "--nodes"),
         (["--nodes", "3", "--kill", "3"], 2, "--kill"),
         (["--nodes", "2", "--kill", "2"], 2, "cannot kill 2 of 2"),
         (["--nodes", "3", "--format", "yaml"], 2, "--format"),
-        (["--nodes", "500"], 2, "one memcached per node"),
+        (["--nodes", "500"], 2, NODE_LIMITS),
     ],
 )
 def test_bad_input_is_one_line(
@@ -310,13 +323,32 @@ def test_a_survivor_failing_is_an_error_not_a_loss(started: list[int], mode: str
 
 
 # -- as a separate process -----------------------------------------------------------
-class Watched:
-    """A ``python -m memring`` child, and the memcached PIDs seen under it."""
+#: Runs ``python -m memring ARGS`` with SIGINT set to ``sys.argv[1]`` ("default" or
+#: "ignore") first: exec keeps an ignored signal ignored and resets a handled one.
+_WITH_SIGINT = (
+    "import os, signal, sys; "
+    "how = {'default': signal.SIG_DFL, 'ignore': signal.SIG_IGN}[sys.argv[1]]; "
+    "signal.signal(signal.SIGINT, how); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'memring', *sys.argv[2:]])"
+)
 
-    def __init__(self, *argv: str) -> None:
+
+class Watched:
+    """A ``python -m memring`` child, and the memcached PIDs seen under it.
+
+    ``sigint="default"`` starts it as a shell starts a command in the
+    foreground, where Ctrl-C reaches it, whatever this process does with
+    SIGINT (pytest run as a background job of a script ignores it, and
+    children inherit that). ``"ignore"`` starts it as such a background job.
+    None: as this process has it.
+    """
+
+    def __init__(self, *argv: str, sigint: str | None = None) -> None:
+        command = [sys.executable, "-m", "memring", *argv]
+        if sigint is not None:
+            command = [sys.executable, "-c", _WITH_SIGINT, sigint, *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memring", *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.seen: set[int] = set()
         self._done = threading.Event()
@@ -347,25 +379,49 @@ def test_python_dash_m_memring_live() -> None:
     child = Watched("keyloss", "--live", "--nodes", "3,4", "--keys", "10000", "--format", "json")
     out, err = child.communicate(timeout=120)
     assert child.proc.returncode == 0, err
-    assert err == ""
+    assert_only_progress(err)
     simulated = simulate([3, 4], keys=10000, modes=ALL)
     assert json.loads(out) == [r.as_dict() for r in simulated]
     assert child.seen  # it did start processes...
     assert [pid for pid in child.seen if alive(pid)] == []  # ...and stopped them all
 
 
-def test_ctrl_c_stops_every_process_and_exits_130() -> None:
-    child = Watched("keyloss", "--live", "--nodes", "3", "--keys", "400000", "--mode", "ring")
+def _into_the_writes(child: Watched) -> None:
+    """Wait until ``child`` has started its 3 memcached processes and is writing."""
     deadline = time.monotonic() + 60
     while len(child.seen) < 3 and child.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)  # into the writes
+    time.sleep(0.3)
     assert child.proc.poll() is None, "finished before it could be interrupted"
+
+
+LONG_RUN = ("keyloss", "--live", "--nodes", "3", "--keys", "400000", "--mode", "ring")
+
+
+def test_ctrl_c_stops_every_process_and_exits_130() -> None:
+    child = Watched(*LONG_RUN, sigint="default")
+    _into_the_writes(child)
     child.proc.send_signal(signal.SIGINT)  # to the command only, not to memcached
+    _assert_stopped(child, 130, "memring keyloss: interrupted")
+
+
+def test_started_with_sigint_ignored_it_ignores_it_and_sigterm_stops_it() -> None:
+    # As a background job of a script: the caller asked that Ctrl-C not reach it.
+    child = Watched(*LONG_RUN, sigint="ignore")
+    _into_the_writes(child)
+    child.proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert child.proc.poll() is None, "SIGINT stopped a command started with it ignored"
+    child.proc.send_signal(signal.SIGTERM)  # and it still stops every process it started
+    _assert_stopped(child, 143, "memring keyloss: terminated")
+
+
+def _assert_stopped(child: Watched, status: int, last_line: str) -> None:
+    """``child`` ends with ``status`` and ``last_line``, its 3 memcached processes gone."""
     out, err = child.communicate(timeout=60)
-    assert child.proc.returncode == 130, err
+    assert child.proc.returncode == status, err
     assert out == ""
-    assert err.endswith("memring keyloss: interrupted\n") and "Traceback" not in err
+    assert err.endswith(last_line + "\n") and "Traceback" not in err
     assert len(child.seen) == 3
     assert [pid for pid in child.seen if alive(pid)] == []
 

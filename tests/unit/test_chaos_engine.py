@@ -6,6 +6,7 @@ The engine itself runs against real memcached in ``tests/chaos``.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -19,8 +20,10 @@ from memring.tools.chaos import (
     ChaosReport,
     FaultEvent,
     PhaseLatency,
+    fit_schedule,
     format_report,
     plan_faults,
+    skipped_faults,
 )
 
 
@@ -100,6 +103,63 @@ def test_the_schedule_gives_every_kind_before_repeating_one() -> None:
 
 def test_no_faults_means_an_empty_schedule() -> None:
     assert plan_faults(ChaosConfig(faults=()), 10) == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_run_as_long_as_one_turn_reaches_every_kind(seed: int) -> None:
+    needed = fit_schedule(ChaosConfig(seed=seed)).needed_s
+    fit = fit_schedule(ChaosConfig(seed=seed, duration=math.ceil(needed)))
+    assert sorted(fit.kinds) == sorted(FAULTS)  # the first turn has each kind once
+    assert list(fit.starts) == sorted(fit.starts) and fit.starts[-1] < needed
+    assert fit.needed_s == needed  # the estimate does not depend on the duration asked
+    assert fit.skipped == () and fit.note is None
+    # A fault and its warming window take over 5 s: four need well over 20 s.
+    assert needed > 4 * ChaosConfig().warming_seconds
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_short_run_says_up_front_which_kinds_it_skips(seed: int) -> None:
+    fit = fit_schedule(ChaosConfig(seed=seed, duration=20))
+    assert fit.skipped  # four faults do not fit in 20 s...
+    assert fit.skipped == fit.kinds[len(fit.kinds) - len(fit.skipped):]  # ...the last do not
+    assert fit.note is not None and fit.note.startswith("a 20 s run is too short")
+    for kind in fit.skipped:
+        assert f"{kind} (its turn comes at about {fit.start_of(kind):.0f} s)" in fit.note
+        assert "too late for a 20 s run" in fit.reason(kind)
+    assert f"{math.ceil(fit.needed_s)} s or more" in fit.note
+
+
+def test_the_report_names_each_kind_the_run_did_not_inject() -> None:
+    short = ChaosConfig(seed=0, duration=20)
+    fit = fit_schedule(short)
+    reached = [k for k in fit.kinds if k not in fit.skipped]
+    assert skipped_faults(short, reached) == {k: fit.reason(k) for k in fit.skipped}
+    # A run long enough that still missed a kind says it was not the duration.
+    (why,) = skipped_faults(ChaosConfig(duration=60), ["kill", "hang", "flap"]).values()
+    assert "earlier faults took longer than planned" in why
+    assert skipped_faults(ChaosConfig(faults=()), []) == {}
+    report = _report(config=short, skipped_faults={"hang": "its turn comes too late"})
+    assert "skipped    hang: its turn comes too late" in format_report(report)
+    assert json.loads(format_report(report, "json"))["skipped_faults"] == {
+        "hang": "its turn comes too late"}
+
+
+def test_cli_says_before_the_run_which_kinds_it_will_skip(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    before_run: list[str] = []
+
+    def fake_run(config: ChaosConfig, **kwargs: Any) -> ChaosReport:
+        before_run.append(capsys.readouterr().err)
+        return _report(config=config)
+
+    monkeypatch.setattr(chaos, "run_chaos", fake_run)
+    assert main(["chaos", "--duration", "20"]) == 0
+    (err,) = before_run
+    note = fit_schedule(ChaosConfig(duration=20)).note
+    assert note is not None and err == f"memring chaos: note: {note}\n"
+    assert main(["chaos", "--duration", "40"]) == 0
+    assert before_run[1] == ""  # long enough: nothing to say
 
 
 def _report(**changes: Any) -> ChaosReport:

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import memring.cli
 import memring.tools.keyloss
 from memring import __version__
 from memring.cli import _Progress, main
+from memring.tools.keyloss import NODE_LIMITS
 
 FIELDS = ["nodes", "killed", "mode", "keys", "lost", "lost_fraction", "expected_fraction"]
 
@@ -34,10 +36,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_table_by_default_with_all_modes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "keyloss", "--simulate", "--nodes", "3,4", "--keys", "5000")
     assert code == 0
-    assert err == ""  # not a TTY: no progress line
+    assert err == ""  # not a TTY, and too quick for a progress line
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["nodes", "killed", "mode", "keys"]
-    body = [line.split() for line in lines[2:]]
+    assert lines[0] == "simulated: placement math only, no servers (5,000 keys, seed 0)"
+    assert lines[1].split()[:4] == ["nodes", "killed", "mode", "keys"]
+    body = [line.split() for line in lines[3:]]
     assert [(cells[0], cells[2]) for cells in body] == [
         ("3", "ring"), ("3", "modulo"), ("3", "backup"),
         ("4", "ring"), ("4", "modulo"), ("4", "backup"),
@@ -88,9 +91,13 @@ def test_seed_makes_runs_reproducible(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 BAD_INPUT = [
-    (["keyloss", "--nodes", "1"], "node counts"),
+    (["keyloss", "--nodes", "1"], NODE_LIMITS),
+    (["keyloss", "--nodes", "2000"], NODE_LIMITS),
     (["keyloss", "--nodes", "3,x"], "--nodes"),
-    (["keyloss", "--nodes", ""], "--nodes"),
+    (["keyloss", "--nodes", ""], "argument --nodes: expected comma-separated node counts"),
+    (["keyloss", "--nodes", "3,,4"], "got an empty item in '3,,4'"),
+    (["keyloss", "--nodes", "3,4,"], "got an empty item in '3,4,'"),
+    (["keyloss", "--nodes", ",3"], "got an empty item"),
     (["keyloss", "--nodes", "2", "--kill", "2"], "cannot kill 2 of 2"),
     (["keyloss", "--nodes", "3,4", "--kill", "3"], "--kill"),
     (["keyloss", "--kill", "3"], "--kill"),
@@ -101,7 +108,8 @@ BAD_INPUT = [
     (["keyloss", "--mode", "rendezvous"], "--mode"),
     (["keyloss", "--hash", "crc32"], "--hash"),
     (["keyloss", "--hash", "ketama", "--vnodes", "50"], "--vnodes"),
-    (["keyloss", "--bogus"], "--bogus"),
+    (["keyloss", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
     (["frobnicate"], "frobnicate"),
     ([], "required"),
 ]
@@ -124,11 +132,29 @@ def test_bad_input_is_one_line_and_exit_2(
     assert needle in err
 
 
+def test_unknown_option_is_named_not_taken_for_a_missing_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "--bogus")
+    assert (code, out) == (2, "")
+    assert err == ("memring: error: unrecognized arguments: --bogus "
+                   "(commands: keyloss, chaos; see memring --help)\n")
+    code, _, err = run(capsys)
+    assert code == 2
+    assert err == ("memring: error: the following arguments are required: COMMAND "
+                   "(one of: keyloss, chaos; see memring --help)\n")
+    code, _, err = run(capsys, "chaos", "--bogus", "--nodes", "3")
+    assert code == 2
+    assert err == ("memring chaos: error: unrecognized arguments: --bogus "
+                   "(see memring chaos --help)\n")
+
+
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "keyloss", "--help")
     assert code == 0
     assert "--nodes" in out and "--simulate" in out and "--live" in out
     assert "--servers" in out and "--down" in out and "--plot" in out
+    assert NODE_LIMITS in " ".join(out.split())  # both limits, as every error states them
     code, out, _ = run(capsys, "--version")
     assert code == 0
     assert __version__ in out
@@ -153,6 +179,46 @@ def test_progress_line_is_drawn_and_cleared() -> None:
     progress.clear()
     assert stream.getvalue().endswith("\r")
     assert stream.getvalue()[len(text) :].strip() == ""
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds() -> None:
+    stream, clock = io.StringIO(), _Clock()
+    progress = _Progress(stream, label="memring keyloss", tty=False, interval=5.0, clock=clock)
+    for t, done in [(0.0, 0), (1.0, 10), (4.9, 20), (5.0, 30), (6.0, 40), (10.0, 50),
+                    (10.1, 60), (30.0, 60)]:
+        clock.now = 100.0 + t
+        progress(done, 100, "3 nodes, ring: writing")
+    progress.clear()  # nothing to erase
+    assert stream.getvalue() == (
+        "memring keyloss:  30% 3 nodes, ring: writing (30/100 keys written+read)\n"
+        "memring keyloss:  50% 3 nodes, ring: writing (50/100 keys written+read)\n"
+        "memring keyloss:  60% 3 nodes, ring: writing (60/100 keys written+read)\n"
+    )
+
+
+PROGRESS_LINE = re.compile(r"memring keyloss: +\d+% \([\d,]+/[\d,]+ keys placed\)")
+
+
+def test_a_run_off_a_terminal_prints_progress_lines_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memring.cli, "_PROGRESS_EVERY", 0.0)  # a line at every step
+    code, out, err = run(capsys, "keyloss", "--simulate", "--nodes", "3,4", "--keys", "30000",
+                         "--format", "json")
+    assert code == 0
+    assert len(json.loads(out)) == 6  # stdout holds the result alone
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) >= 6
+    assert all(PROGRESS_LINE.fullmatch(line) for line in lines), err
+    assert lines[-1] == "memring keyloss: 100% (180,000/180,000 keys placed)"
 
 
 def test_progress_waits_before_drawing() -> None:
@@ -259,7 +325,7 @@ SERVERS = "127.0.0.1:21211,127.0.0.1:21212,127.0.0.1:21213"
             "twice",
         ),
         (["--servers", SERVERS, "--down", SERVERS], "1 or 2 servers"),
-        (["--servers", "127.0.0.1:21211", "--down", "127.0.0.1:21211"], "at least 2 servers"),
+        (["--servers", "127.0.0.1:21211", "--down", "127.0.0.1:21211"], "from 2 to 64 servers"),
         (["--servers", "127.0.0.1:1,127.0.0.1:2", "--down", "127.0.0.1:1,127.0.0.1:2"], "2 of 2"),
         (["--servers", SERVERS, "--down", "127.0.0.1:21211", "--nodes", "3"], "--nodes"),
         (["--servers", SERVERS, "--down", "127.0.0.1:21211", "--kill", "2"], "--kill 2"),
@@ -315,7 +381,7 @@ def test_plot_writes_a_png(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
         "--plot", str(target),
     )  # fmt: skip
     assert code == 0, err
-    assert len(out.splitlines()) == 2 + 9  # the table is printed as usual
+    assert len(out.splitlines()) == 1 + 2 + 9  # the table is printed as usual
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

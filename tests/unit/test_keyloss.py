@@ -37,13 +37,16 @@ from memring.tools.keyloss import (
     FIELDS,
     FORMATS,
     MAX_LIVE_NODES,
+    MAX_NODES,
     MODES,
+    NODE_LIMITS,
     PLOT_INSTALL_HINT,
     KeylossRow,
     PlotUnavailable,
     backup_expected_loss,
     check_plot_available,
     choose_killed,
+    describe_run,
     format_rows,
     measure_live,
     modulo_expected_loss,
@@ -380,6 +383,20 @@ def test_table_shows_every_row_with_percentages(rows: list[KeylossRow]) -> None:
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule align
 
 
+def test_the_table_says_how_the_rows_were_measured(rows: list[KeylossRow]) -> None:
+    simulated = describe_run(live=False, keys=2000, seed=0)
+    assert simulated == "simulated: placement math only, no servers (2,000 keys, seed 0)"
+    local = describe_run(live=True, keys=2000, seed=4)
+    assert local.startswith("live: real memcached processes on 127.0.0.1")
+    servers = describe_run(live=True, keys=2000, seed=0, servers=3)
+    assert servers.startswith("live: your 3 servers") and "stood in for" in servers
+    text = format_rows(rows, "table", heading=local)
+    assert text == f"{local}\n" + format_rows(rows, "table")
+    # Machine formats stay as they are: the heading is for people.
+    assert format_rows(rows, "json", heading=local) == format_rows(rows, "json")
+    assert format_rows(rows, "csv", heading=local) == format_rows(rows, "csv")
+
+
 def test_every_format_ends_with_newline(rows: list[KeylossRow]) -> None:
     for fmt in FORMATS:
         assert format_rows(rows, fmt).endswith("\n")
@@ -411,8 +428,8 @@ def no_memcached(monkeypatch: pytest.MonkeyPatch) -> None:
     ("counts", "kwargs", "needle"),
     [
         (None, {}, "node counts"),
-        ([1], {}, "node counts"),
-        ([MAX_LIVE_NODES + 1], {}, "one memcached per node"),
+        ([1], {}, NODE_LIMITS),
+        ([MAX_LIVE_NODES + 1], {}, NODE_LIMITS),
         ([3], {"kill": 3}, "--kill"),
         ([3, 2], {"kill": 2}, "cannot kill 2 of 2"),
         ([3], {"keys": 0}, "--keys"),
@@ -436,6 +453,18 @@ def test_measure_live_checks_its_arguments_before_anything_starts(
     # No memcached binary is needed to be told the input is wrong.
     with pytest.raises(ConfigError, match=re.escape(needle)):
         measure_live(counts, **kwargs)
+
+
+@pytest.mark.usefixtures("no_memcached")
+def test_the_node_limits_have_one_wording_live_and_simulated() -> None:
+    with pytest.raises(ConfigError) as simulated:
+        simulate([MAX_NODES + 1], keys=10)
+    with pytest.raises(ConfigError) as live:
+        measure_live([MAX_LIVE_NODES + 1], keys=10)
+    assert str(simulated.value) == f"each node count must be an integer {NODE_LIMITS}; got 1001"
+    assert str(live.value) == f"each node count must be an integer {NODE_LIMITS}; got 65"
+    assert f"2 to {MAX_LIVE_NODES} live" in NODE_LIMITS and f"to {MAX_NODES} with" in NODE_LIMITS
+    simulate([MAX_LIVE_NODES + 1], keys=10)  # over the live limit is fine in a simulation
 
 
 @pytest.mark.usefixtures("no_memcached")
