@@ -1,27 +1,138 @@
 """Errors raised by memring.
 
-Every error memring raises derives from :class:`MemringError`::
+Every error memring raises derives from :class:`MemringError`. Each one is
+also the builtin it is closest to and the pymemcache exception that
+pymemcache raises for the same event, so handlers written for pymemcache's
+clients (``except MemcacheClientError``, ``except MemcacheServerError``,
+``except OSError``, ...) catch memring's errors unchanged::
 
-    MemringError
-    ├── ConfigError (ValueError)          bad constructor arguments or server specs
-    ├── InvalidKey (ValueError)           key rejected before any I/O
-    ├── ValueTooLarge (ValueError)        value over the item size limit, nothing written
-    ├── SerializationError (TypeError)    value the serializer cannot encode
-    ├── NodeError                         something went wrong talking to one node
-    │   ├── NodeUnavailable (ConnectionError)   node down, unreachable or timed out
-    │   │   └── NodeTimeout (TimeoutError)      the node did not answer in time
-    │   ├── ServerError                   the node answered with an error
-    │   └── MultiKeyError                 some keys of a multi-key call failed
-    └── ClusterError                      no live node can take the key
+    memring                                builtin           pymemcache (same event)
+    -------                                -------           -----------------------
+    MemringError                           Exception         -
+    ├── ConfigError                        ValueError        -  (pymemcache: ValueError/TypeError)
+    ├── InvalidArgument                    ValueError        MemcacheIllegalInputError
+    │   └── InvalidKey                     ValueError        MemcacheIllegalInputError
+    ├── ValueTooLarge                      ValueError        MemcacheServerError
+    ├── SerializationError                 TypeError         MemcacheIllegalInputError
+    ├── NodeError                          -                 MemcacheError
+    │   ├── NodeUnavailable                ConnectionError   MemcacheError
+    │   │   ├── NodeTimeout                TimeoutError      MemcacheError
+    │   │   └── ConnectionClosed           ConnectionError   MemcacheUnexpectedCloseError
+    │   ├── ServerError                    -                 MemcacheError
+    │   │   ├── ServerReplyError           -                 MemcacheServerError
+    │   │   ├── ClientReplyError           -                 MemcacheClientError
+    │   │   │   └── UnknownCommandError    -                 MemcacheUnknownCommandError
+    │   │   └── UnknownReplyError          -                 MemcacheUnknownError
+    │   └── MultiKeyError                  -                 MemcacheError
+    └── ClusterError                       -                 MemcacheError
+
+What each one means, and why it maps where it does:
+
+``ConfigError``
+    A bad constructor argument, policy value or server spec. pymemcache
+    raises plain ``ValueError``/``TypeError`` for those, never a
+    ``MemcacheError``, so neither does memring: an ``except MemcacheError``
+    around cache calls must not swallow a misconfiguration.
+``InvalidArgument``
+    An argument other than the key rejected before any I/O: an
+    ``incr``/``decr`` amount, an expiry or a CAS token that is not an
+    integer. pymemcache raises ``MemcacheIllegalInputError`` ("value must be
+    integer, got bad value", "cas must only contain digits").
+``InvalidKey``
+    Empty, over 250 bytes (prefix included), whitespace or a control
+    character, or a type other than str/bytes. pymemcache raises
+    ``MemcacheIllegalInputError`` for each ("Key contains whitespace", "Key
+    is too long", "Non-ASCII key"), before anything is sent.
+``ValueTooLarge``
+    memring refuses the value before any I/O; pymemcache sends it and
+    memcached answers ``SERVER_ERROR object too large for cache``, which
+    pymemcache raises as ``MemcacheServerError``. A pymemcache user catches
+    that class for this event (pymemcache's own integration test
+    ``test_get_set_large`` does), so this is one, though memring never sent
+    anything.
+``SerializationError``
+    The serde cannot encode the value. pymemcache's equivalent is "Data
+    values must be binary-safe" (a value its ``encoding`` cannot encode),
+    a ``MemcacheIllegalInputError``.
+``NodeError``
+    Something went wrong talking to one node: a ``MemcacheError``, the
+    root a pymemcache user catches for "the cache failed".
+``NodeUnavailable``
+    Down, refused, reset or unreachable. pymemcache lets the socket error
+    through (``ConnectionRefusedError``, ``ConnectionResetError``: both
+    ``ConnectionError``), and its ``HashClient`` raises a bare
+    ``MemcacheError`` ("All servers seem to be down right now") once its
+    nodes are marked dead. This is both, so ``except OSError`` and
+    ``except MemcacheError`` both catch it.
+``NodeTimeout``
+    No answer in time. pymemcache lets ``socket.timeout`` through, which is
+    ``TimeoutError`` (an ``OSError``).
+``ConnectionClosed``
+    The server closed the connection in the middle of a call: pymemcache's
+    ``MemcacheUnexpectedCloseError`` (a ``MemcacheServerError``).
+``ServerError``
+    The node's reply is an error, or a call could not finish against it
+    (contention in a CAS loop). Its subclasses are the three error replies
+    of the text protocol, as pymemcache tells them apart:
+    ``SERVER_ERROR ...`` -> ``ServerReplyError`` (``MemcacheServerError``);
+    ``CLIENT_ERROR ...`` -> ``ClientReplyError`` (``MemcacheClientError``),
+    which is also what ``incr``/``decr`` of a non-numeric value raise
+    ("cannot increment or decrement non-numeric value"), emulated or not;
+    ``ERROR`` -> ``UnknownCommandError`` (``MemcacheUnknownCommandError``);
+    a reply memring cannot parse -> ``UnknownReplyError``
+    (``MemcacheUnknownError``).
+``MultiKeyError``
+    Some keys of a multi-key call failed. pymemcache's ``HashClient`` raises
+    the failing node's error for these; memring raises one error for the
+    call, keeping each key's error in ``failed``.
+``ClusterError``
+    No live node can take the key: pymemcache's ``HashClient`` raises
+    ``MemcacheError("All servers seem to be down right now")``.
 
 pymemcache and socket errors are translated into this tree at exactly one
 seam (:mod:`memring.client.transport`), always with ``raise ... from exc`` so
-the original cause stays in ``__cause__``.
+the original cause stays in ``__cause__``. Since memring's errors are
+pymemcache exceptions too, that seam must let a memring error pass untouched
+rather than translate it again.
+
+This module imports :mod:`pymemcache.exceptions`, and nothing of memring's.
+:mod:`memring.hashring`, which must not depend on pymemcache, imports this
+module for :class:`ConfigError`, so it now loads pymemcache indirectly.
+That is acceptable: the exceptions module is plain class definitions with no
+I/O, and any import of a memring submodule first runs ``memring/__init__``,
+which loads pymemcache through the client anyway, so no program imports
+anything more than before. hashring's own code still uses no pymemcache API
+(the layering test checks its imports). Should the ring ever ship without
+pymemcache, move :class:`MemringError` and :class:`ConfigError` to a
+pymemcache-free module that this one re-exports, and have hashring import
+them from there.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    # pymemcache ships no type hints, so to mypy its exceptions are Any, and a
+    # class derived from Any loses every check. Its hierarchy, as the type
+    # checker should see it (tests/unit/test_errors.py pins it to the real one):
+    class MemcacheError(Exception): ...
+    class MemcacheClientError(MemcacheError): ...
+    class MemcacheUnknownCommandError(MemcacheClientError): ...
+    class MemcacheIllegalInputError(MemcacheClientError): ...
+    class MemcacheServerError(MemcacheError): ...
+    class MemcacheUnknownError(MemcacheError): ...
+    class MemcacheUnexpectedCloseError(MemcacheServerError): ...
+else:
+    from pymemcache.exceptions import (
+        MemcacheClientError,
+        MemcacheError,
+        MemcacheIllegalInputError,
+        MemcacheServerError,
+        MemcacheUnexpectedCloseError,
+        MemcacheUnknownCommandError,
+        MemcacheUnknownError,
+    )
 
 
 class _Labelled(Protocol):
@@ -32,8 +143,11 @@ class _Labelled(Protocol):
     def label(self) -> str: ...
 
 __all__ = [
+    "ClientReplyError",
     "ClusterError",
     "ConfigError",
+    "ConnectionClosed",
+    "InvalidArgument",
     "InvalidKey",
     "MemringError",
     "MultiKeyError",
@@ -42,6 +156,9 @@ __all__ = [
     "NodeUnavailable",
     "SerializationError",
     "ServerError",
+    "ServerReplyError",
+    "UnknownCommandError",
+    "UnknownReplyError",
     "ValueTooLarge",
 ]
 
@@ -54,7 +171,11 @@ class ConfigError(MemringError, ValueError):
     """A constructor argument, policy value or server spec is invalid."""
 
 
-class InvalidKey(MemringError, ValueError):
+class InvalidArgument(MemringError, ValueError, MemcacheIllegalInputError):
+    """An argument is not legal (an ``incr`` amount, an expiry, a CAS token). Nothing was sent."""
+
+
+class InvalidKey(InvalidArgument):
     """The key cannot be sent: empty, too long, or holds whitespace/control bytes."""
 
     def __init__(self, message: str, *, key: object = None) -> None:
@@ -62,7 +183,7 @@ class InvalidKey(MemringError, ValueError):
         self.key = key
 
 
-class ValueTooLarge(MemringError, ValueError):
+class ValueTooLarge(MemringError, ValueError, MemcacheServerError):
     """The serialized value is over the item size limit. Nothing was written."""
 
     def __init__(self, message: str, *, key: object = None, size: int = 0, limit: int = 0) -> None:
@@ -72,11 +193,11 @@ class ValueTooLarge(MemringError, ValueError):
         self.limit = limit
 
 
-class SerializationError(MemringError, TypeError):
+class SerializationError(MemringError, TypeError, MemcacheIllegalInputError):
     """The serializer cannot encode this value (pickle is off by default)."""
 
 
-class NodeError(MemringError):
+class NodeError(MemringError, MemcacheError):
     """An operation on one node failed. ``node`` and ``key`` say where."""
 
     def __init__(
@@ -113,11 +234,37 @@ class NodeTimeout(NodeUnavailable, TimeoutError):
     """The node did not answer within the read (or connect) timeout."""
 
 
+class ConnectionClosed(NodeUnavailable, MemcacheUnexpectedCloseError):
+    """The server closed the connection before its reply was complete."""
+
+
 class ServerError(NodeError):
-    """The node answered with an error (``SERVER_ERROR``/``CLIENT_ERROR``)."""
+    """The node answered with an error, or a call could not complete on it.
+
+    The error replies of the protocol raise one of the subclasses:
+    :class:`ServerReplyError` (``SERVER_ERROR``), :class:`ClientReplyError`
+    (``CLIENT_ERROR``), :class:`UnknownCommandError` (``ERROR``) and
+    :class:`UnknownReplyError` (a reply that cannot be parsed).
+    """
 
 
-class ClusterError(MemringError):
+class ServerReplyError(ServerError, MemcacheServerError):
+    """The node replied ``SERVER_ERROR ...`` (out of memory, object too large, ...)."""
+
+
+class ClientReplyError(ServerError, MemcacheClientError):
+    """The node replied ``CLIENT_ERROR ...``, e.g. ``incr``/``decr`` of a non-numeric value."""
+
+
+class UnknownCommandError(ClientReplyError, MemcacheUnknownCommandError):
+    """The node replied ``ERROR``: it does not know the command."""
+
+
+class UnknownReplyError(ServerError, MemcacheUnknownError):
+    """The node's reply could not be parsed."""
+
+
+class ClusterError(MemringError, MemcacheError):
     """No live node can serve the key (every node of its preference list is down)."""
 
 
