@@ -3,8 +3,10 @@
 from memring.client import BackupClient, Client
 from memring.engine import Failover, HealthPolicy, NodeState, NodeStatus, Timeouts
 from memring.errors import (
+    ClientReplyError,
     ClusterError,
     ConfigError,
+    ConnectionClosed,
     InvalidArgument,
     InvalidArgumentType,
     InvalidKey,
@@ -17,6 +19,8 @@ from memring.errors import (
     ProtocolError,
     SerializationError,
     ServerError,
+    ServerReplyError,
+    UnknownCommandError,
     ValueTooLarge,
 )
 from memring.hashring import HashRing, Node
@@ -26,8 +30,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BackupClient",
     "Client",
+    "ClientReplyError",
     "ClusterError",
     "ConfigError",
+    "ConnectionClosed",
     "Failover",
     "HashRing",
     "HealthPolicy",
@@ -46,7 +52,9 @@ __all__ = [
     "ProtocolError",
     "SerializationError",
     "ServerError",
+    "ServerReplyError",
     "Timeouts",
+    "UnknownCommandError",
     "ValueTooLarge",
     "__version__",
 ]

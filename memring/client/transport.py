@@ -35,6 +35,7 @@ from pymemcache.pool import ObjectPool
 
 from memring.engine.policies import Timeouts
 from memring.errors import (
+    ConnectionClosed,
     MemringError,
     NodeTimeout,
     NodeUnavailable,
@@ -107,13 +108,13 @@ def translate(exc: BaseException, node: Node, key: object, seconds: float) -> Me
             isinstance(exc, BlockingIOError) and exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)):
         return NodeTimeout(f"timed out: no reply within {seconds:g}s", node=node, key=key)
     if isinstance(exc, ErrorLine):
-        return ServerError(f"server error: {exc}", node=node, key=key, kind=exc.kind)
+        return ServerError.for_reply(exc.kind)(f"server error: {exc}", node=node, key=key)
     if isinstance(exc, BadReply):
         return ProtocolError(f"bad reply: {exc}", node=node, key=key)
     if isinstance(exc, _Stale):
-        return NodeUnavailable("connection closed by the server", node=node, key=key)
+        return ConnectionClosed("connection closed by the server", node=node, key=key)
     if isinstance(exc, _Cut):
-        return NodeUnavailable("connection closed in the middle of a reply", node=node, key=key)
+        return ConnectionClosed("connection closed in the middle of a reply", node=node, key=key)
     if isinstance(exc, (OSError, MemcacheError)):  # refused, reset, unreachable, TLS
         return NodeUnavailable(f"connection failed: {exc}", node=node, key=key)
     raise exc
@@ -514,7 +515,7 @@ class SocketTransport:
                     if end != len(buf):
                         raise BadReply(f"{len(buf) - end} bytes after the reply")
                     if parse is _BATCH:  # an error line answered one of its commands
-                        return [ServerError(f"server error: {r}", node=self.node, kind=r.kind)
+                        return [ServerError.for_reply(r.kind)(f"server error: {r}", node=self.node)
                                 if isinstance(r, ErrorLine) else r for r in result]
                     return result
                 chunks = [buf]

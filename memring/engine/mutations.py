@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from memring.engine.versions import Kind
-from memring.errors import InvalidArgument, InvalidArgumentType, ServerError
+from memring.errors import ClientReplyError, InvalidArgument, InvalidArgumentType
 
 __all__ = ["Mutation", "add", "arith", "check_delta", "concat", "replace", "retouch"]
 
@@ -61,8 +61,7 @@ def arith(delta: int, incr: bool) -> Mutation:
             return None, None, 0
         text = cur[0].rstrip(b" ")  # memcached pads a shrunk number with spaces
         if not text.isdigit() or len(text) > 20 or int(text) >= 1 << 64:
-            raise ServerError("CLIENT_ERROR cannot increment or decrement non-numeric value",
-                              kind="client")
+            raise ClientReplyError("cannot increment or decrement non-numeric value")
         n = int(text)
         n = (n + delta) % (1 << 64) if incr else max(0, n - delta)
         return n, (str(n).encode(), cur[1]), a

@@ -8,8 +8,10 @@ import memring.hashring
 EXPECTED_ALL = [
     "BackupClient",
     "Client",
+    "ClientReplyError",
     "ClusterError",
     "ConfigError",
+    "ConnectionClosed",
     "Failover",
     "HashRing",
     "HealthPolicy",
@@ -28,7 +30,9 @@ EXPECTED_ALL = [
     "ProtocolError",
     "SerializationError",
     "ServerError",
+    "ServerReplyError",
     "Timeouts",
+    "UnknownCommandError",
     "ValueTooLarge",
     "__version__",
 ]

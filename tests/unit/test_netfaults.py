@@ -24,7 +24,7 @@ from pymemcache.exceptions import (
 )
 
 import memring
-from memring.client.serde import safe_serde
+from memring.engine.serde import safe_serde
 from memring.tools.local import LocalCluster
 from tests.netfaults import (
     FaultProxy,
