@@ -33,6 +33,10 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("memring.sessions", ("memring.cli", "memring.tools")),
     ("memring.contrib", ("memring.cli", "memring.tools")),
     ("memring.errors", ("memring.hashring", "memring.client", "memring.backup")),
+    # Fork safety is standard library only: every layer may use it.
+    ("memring._fork", ("memring.hashring", "memring.client", "memring.backup",
+                       "memring.sessions", "memring.contrib", "memring.cli", "memring.tools",
+                       "pymemcache")),
 ]
 
 
