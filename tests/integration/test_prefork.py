@@ -16,7 +16,9 @@ at run time, stopped by PID) and real forks:
   down; and the parent's client is still right afterwards.
 * forks while other threads of the parent are in the middle of calls
   (single-key, pipelined ``get_many``/``set_many``, BackupClient's dual
-  writes): both sides' calls stay right.
+  writes): both sides' calls stay right. And sixty quick forks at random
+  moments of busy threads (threads switching every microsecond, so some
+  hold a lock at the fork): no child hangs on its first call.
 * a node marked down in the parent before the fork, resumed after it, is
   probed back by the child's own client, which then serves its keys.
 
@@ -584,6 +586,67 @@ def test_fork_while_parent_threads_are_mid_call(
     assert all(r["calls"] > 0 for r in reports), summary
     assert _workload_clean(parent_report) == WORKLOAD_CLEAN, summary
     assert parent_report["calls"] > 0
+
+
+def _quick_calls(client: Client, stored: list[str], tag: str) -> dict[str, Any]:
+    """A few calls of each kind in a fresh child, checked."""
+    out = {"misses": 0, "wrong": 0}
+    keys = stored[:50]
+    if client.get(keys[0]) != value_of(keys[0]):
+        out["wrong" if client.get(keys[0]) else "misses"] += 1
+    found = client.get_many(keys)
+    out["misses"] += sum(k not in found for k in keys)
+    out["wrong"] += sum(found[k] != value_of(k) for k in keys if k in found)
+    mine = {f"{tag}:{os.getpid()}:{i}": f"{os.getpid()}-{i}" for i in range(20)}
+    assert client.set_many(mine, expire=60) == []
+    back = client.get_many(list(mine))
+    out["wrong"] += sum(back.get(k) != v for k, v in mine.items())
+    return out
+
+
+@pytest.mark.parametrize("client_name", list(CLASSES))
+def test_many_forks_under_load_never_deadlock_the_child(
+        client_name: str, prefork_cluster: LocalCluster) -> None:
+    """Forks at random moments of busy threads: a lock one of them held must not be
+    inherited held (the child would hang on its first call)."""
+    client = CLASSES[client_name](prefork_cluster.servers)
+    tag = f"forks:{client_name}:{random.randrange(1 << 30)}"
+    stored = [f"{tag}:stored:{i}" for i in range(500)]
+    try:
+        assert client.set_many({k: value_of(k) for k in stored}, expire=300) == []
+        parent = Workload(client, stored, f"{tag}:parent")
+        threads = parent.threads()
+        for t in threads:
+            t.start()
+        reports: list[Any] = []
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads switch often: some hold a lock at the fork
+        try:
+            for _ in range(60):
+                time.sleep(random.uniform(0.001, 0.02))
+                child = start(lambda: _quick_calls(client, stored, f"{tag}:child"), timeout=5)
+                try:
+                    reports.append(child.result())
+                except ChildFailed as exc:
+                    hung = "did not finish" in str(exc)
+                    reports.append({"hung" if hung else "raised": str(exc).splitlines()[-1]})
+                if sum("hung" in r for r in reports) >= 3:
+                    break  # enough to show it; each hung child costs its timeout
+        finally:
+            sys.setswitchinterval(interval)
+            parent.stop.set()
+            for t in threads:
+                t.join(timeout=10)
+        parent_report = {**parent.counts, "stuck_threads": sum(t.is_alive() for t in threads),
+                         "examples": parent.examples, **_health_summary(client)}
+    finally:
+        client.close()
+    bad = [r for r in reports if r != {"misses": 0, "wrong": 0}]
+    tally = {kind: sum(kind in r for r in bad) for kind in ("hung", "raised")}
+    tally.update({kind: sum(r.get(kind, 0) for r in bad) for kind in ("misses", "wrong")})
+    assert not bad, (f"{len(bad)} of {len(reports)} children went wrong, {tally}; e.g.\n"
+                     + _lines(bad[:6]))
+    assert _workload_clean(parent_report) == WORKLOAD_CLEAN, _lines([parent_report])
 
 
 # -- a node down at the fork comes back in the child ----------------------------------
