@@ -29,6 +29,11 @@ to an inherited socket (no ``quit``, no ``shutdown()``): closing the
 child's copy of its descriptor is harmless to the parent, anything else is
 not.
 
+Hooks run in the order their objects registered. A hook that starts a
+thread (a prober, say) lets it run at once, perhaps before later hooks have
+run: the state that thread uses must be reset by then, so its owner must
+have registered first (or the thread start waits for the first call).
+
 A hook that raises is logged (logger ``memring``) and the next hook still
 runs: a failed reset must never kill a child that may not even use memring.
 
