@@ -630,8 +630,8 @@ def test_many_forks_under_load_never_deadlock_the_child(
                 except ChildFailed as exc:
                     hung = "did not finish" in str(exc)
                     reports.append({"hung" if hung else "raised": str(exc).splitlines()[-1]})
-                if sum("hung" in r for r in reports) >= 3:
-                    break  # enough to show it; each hung child costs its timeout
+                if sum(r != {"misses": 0, "wrong": 0} for r in reports) >= 5:
+                    break  # enough to show it; a broken child can cost seconds
         finally:
             sys.setswitchinterval(interval)
             parent.stop.set()
@@ -672,7 +672,7 @@ def test_node_down_at_fork_is_probed_back_in_the_child(
 
             def child() -> dict[str, Any]:
                 seen = [client.health()[label].state.value]  # as it was at the fork
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 6  # probes every 0.1-0.5 s
                 while time.monotonic() < deadline:
                     state = client.health()[label].state
                     if state is not NodeState.DOWN:
