@@ -42,6 +42,10 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("memring.sessions", ("memring.cli", "memring.tools")),
     ("memring.contrib", ("memring.cli", "memring.tools")),
     ("memring.errors", ("memring.hashring", "memring.engine", "memring.client", "memring.aio")),
+    # Fork safety is standard library only: every layer may use it.
+    ("memring._fork", ("memring.hashring", "memring.engine", "memring.protocol",
+                       "memring.client", "memring.aio", "memring.sessions", "memring.contrib",
+                       "memring.cli", "memring.tools", "pymemcache")),
 ]
 
 
