@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from memring import _fork
 from memring.engine import versions
 from memring.engine.base import Engine
 from memring.engine.config import Settings, resolve
@@ -105,6 +106,7 @@ class SyncFace:
         #: Threads running long background work (handoffs, rebuilds).
         self._workers: set[threading.Thread] = set()
         self._engine.health.on_change = self._wake
+        _fork.register(self, SyncFace._after_fork)
 
     # ------------------------------------------------------------------
     # driving the engine
@@ -268,7 +270,13 @@ class SyncFace:
         self.close()
 
     def _after_fork(self) -> None:
-        """In a child process: new connections, new locks, no inherited thread."""
+        """In a child process: new connections, new locks, no inherited thread.
+
+        The parent's pooled sockets are closed here without a byte written
+        (only this process's descriptors), so nothing the parent has in flight
+        is disturbed. Health and hints stay as they were at the fork: a node
+        the parent saw down is down here too, and this process probes it.
+        """
         self._wake_lock = threading.Condition()
         self._thread = None
         self._workers = set()
@@ -276,3 +284,5 @@ class SyncFace:
             if hasattr(transport, "after_fork"):
                 transport.after_fork()
         self._engine.after_fork()
+        if not self._engine.closed:
+            self._wake()  # down nodes to probe, handoffs or rebuilds to run: this process's

@@ -1,8 +1,8 @@
 """The thread face's transport: one node over a pool of blocking sockets.
 
 pymemcache makes and configures the connections (address resolution, unix
-sockets, TLS, keep-alive, connect timeout) and pools them (its
-``ObjectPool``); requests and replies are :mod:`memring.protocol`'s, shared
+sockets, TLS, keep-alive, connect timeout); :class:`ConnectionPool` keeps
+the idle ones; requests and replies are :mod:`memring.protocol`'s, shared
 with the asyncio transport. :class:`SocketTransport` is the seam the tests
 replace with fake nodes; it raises memring errors only, translated in one
 place (:func:`translate`).
@@ -19,11 +19,13 @@ the pool, never reused: its stream could be out of step.
 
 from __future__ import annotations
 
+import collections
 import errno
 import select
 import socket
 import ssl
 import struct
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -31,7 +33,6 @@ from typing import Any, NoReturn, Protocol
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
-from pymemcache.pool import ObjectPool
 
 from memring.engine.policies import Timeouts
 from memring.errors import (
@@ -266,6 +267,86 @@ def _key_of(args: tuple[Any, ...]) -> object:
     return first if isinstance(first, (bytes, list, tuple)) else None
 
 
+class ConnectionPool:
+    """One node's connections: the idle ones on a stack, taken and given back without a lock.
+
+    ``deque.append`` and ``deque.pop`` are atomic in CPython, so the two calls
+    a request makes (:meth:`get`, :meth:`release`) take no lock; one is
+    taken only to make or drop a connection, which counts against
+    ``max_size`` (every connection, idle or in use). The most recently used
+    connection is reused first, so idle ones age out under
+    ``idle_timeout`` (seconds; 0: never).
+    """
+
+    __slots__ = ("_all", "_idle_timeout", "_lock", "_make", "closed", "free", "max_size")
+
+    def __init__(self, make: Callable[[], Client], *, max_size: int | None = None,
+                 idle_timeout: float = 0.0, lock: Any = None) -> None:
+        self._make = make
+        self.max_size = max_size or 2**31
+        self._idle_timeout = idle_timeout
+        self._lock = lock if lock is not None else threading.Lock()
+        self.free: collections.deque[Client] = collections.deque()
+        #: Every connection alive, idle or in use.
+        self._all: set[Client] = set()
+        self.closed = False
+
+    def get(self) -> Client:
+        """An idle connection, or a new one (not connected yet: its ``sock`` is None).
+
+        Raises ``RuntimeError`` past ``max_size``.
+        """
+        while True:
+            try:
+                conn = self.free.pop()
+            except IndexError:
+                break
+            if not self._idle_timeout or (
+                    time.monotonic() - conn._memring_idle < self._idle_timeout):
+                return conn
+            self.destroy(conn)
+        with self._lock:
+            if len(self._all) >= self.max_size:
+                raise RuntimeError(f"Too many connections, {len(self._all)} >= {self.max_size}")
+            conn = self._make()
+            self._all.add(conn)
+        return conn
+
+    def release(self, conn: Client) -> None:
+        """Give back a connection whose last call ended cleanly."""
+        if self.closed:
+            self.destroy(conn)
+            return
+        if self._idle_timeout:
+            conn._memring_idle = time.monotonic()
+        self.free.append(conn)
+
+    def destroy(self, conn: Client) -> None:
+        """Close and forget a connection (it errored, timed out, or went stale)."""
+        with self._lock:
+            self._all.discard(conn)
+        conn.close()
+
+    def clear(self) -> None:
+        """Close every idle connection; one in use is closed when it is given back."""
+        self.closed = True
+        while self.free:
+            self.destroy(self.free.pop())
+
+    def forget(self) -> None:
+        """In a child process: close this process's descriptors of every connection,
+        idle or in use by a thread of the parent, without a byte written."""
+        for conn in list(self._all):
+            sock, conn.sock = conn.sock, None
+            if sock is not None:
+                sock.close()
+        self._all.clear()
+        self.free.clear()
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+
 class SocketTransport:
     """One node over a thread-safe pool of blocking sockets (see the module docstring).
 
@@ -282,6 +363,7 @@ class SocketTransport:
         timeouts: Timeouts,
         max_item_size: int,
         max_pool_size: int | None = None,
+        pool_idle_timeout: float = 0.0,
         tls_context: ssl.SSLContext | None = None,
         socket_module: types.ModuleType = socket,
         socket_keepalive: Any = None,
@@ -292,6 +374,7 @@ class SocketTransport:
         self._limit = max_item_size
         self._tls_context = tls_context
         self._max_pool_size = max_pool_size
+        self._idle_timeout = pool_idle_timeout
         #: Called (with the node) after a call had to reconnect because the
         #: server had closed its pooled connections: it may have restarted.
         self.on_reconnect: Callable[[Node], None] | None = None
@@ -313,9 +396,9 @@ class SocketTransport:
         self._connection = connection
         self._pool = self._new_pool()
 
-    def _new_pool(self) -> ObjectPool[Client]:
-        return ObjectPool(self._connection, after_remove=Client.close,
-                          max_size=self._max_pool_size)
+    def _new_pool(self) -> ConnectionPool:
+        return ConnectionPool(self._connection, max_size=self._max_pool_size,
+                              idle_timeout=self._idle_timeout)
 
     # -- the pool ----------------------------------------------------------
     def release(self, conn: Client) -> None:
@@ -581,9 +664,7 @@ class SocketTransport:
 
     def close(self) -> None:
         """Close every idle connection; one in use is closed when its call ends."""
-        pool = self._pool
-        pool.release = pool.destroy
-        pool.clear()
+        self._pool.clear()
 
     def after_fork(self) -> None:
         """In a child process: forget the parent's connections without touching them.
@@ -593,10 +674,7 @@ class SocketTransport:
         process's descriptors.
         """
         old, self._pool = self._pool, self._new_pool()
-        for conn in (*old.free, *old.used):
-            sock, conn.sock = conn.sock, None
-            if sock is not None:
-                sock.close()  # this process's descriptor only: nothing is sent
+        old.forget()
 
 
 def _is_stale(exc: BaseException | None) -> bool:

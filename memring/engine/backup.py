@@ -1055,6 +1055,13 @@ class BackupEngine(Engine):
                 out.append(node)
         return out
 
+    def after_fork(self) -> None:
+        super().after_fork()
+        self._rebuild_lock = threading.Lock()
+        for progress in self._rebuilds.values():
+            if progress.state == "running":  # the parent goes on with it
+                progress.state = "elsewhere"
+
     def status(self, node: Node) -> NodeStatus:
         rebuild = self._rebuilds.get(node)
         state = self.health.state(node)

@@ -48,15 +48,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import django  # noqa: F401  (the test extra installs each: a missing one is an error)
+import flask_session  # noqa: F401
+import gunicorn  # noqa: F401
 import pytest
 
-pytest.importorskip("gunicorn")
-pytest.importorskip("flask_session")
-pytest.importorskip("django")
-
-from memring import BackupClient, Client, HealthPolicy, NodeState, Timeouts  # noqa: E402
-from memring.tools.local import LocalCluster, free_port  # noqa: E402
-from tests.forking import ChildFailed, forking_with_threads, start  # noqa: E402
+from memring import BackupClient, Client, HealthPolicy, NodeState, Timeouts
+from memring.tools.local import LocalCluster, free_port
+from tests.forking import ChildFailed, forking_with_threads, start
 
 pytestmark = [
     pytest.mark.integration,
