@@ -9,7 +9,6 @@ from memring.client.face import sync_method
 from memring.engine.backup import BackupEngine
 from memring.engine.keys import encode_key
 from memring.engine.ops import Call
-from memring.engine.versions import absolute_expiry, encode
 from memring.errors import MemringError
 from memring.hashring import Node
 
@@ -78,7 +77,7 @@ class BackupClient(Client):
         results = self._exchange([Call(pair[0], "get", (kb,)), Call(pair[1], "get", (kb,))])
         a, b = results
         if a == b and not isinstance(a, MemringError):  # the same item on both (or neither)
-            return engine.value(kb, a, default, pair[0])
+            return default if a is None else engine.home_value(kb, a, default, pair[0])
         return self._run(engine.get_kb(kb, default, (pair, results)))
 
     def set(self, key: str | bytes, value: Any, expire: int = 0, noreply: bool | None = None,
@@ -91,8 +90,7 @@ class BackupClient(Client):
         if pair is None:
             ok = self._run(engine.set_kb(kb, item, expire, version))
         else:
-            args = (kb, encode(item, version, absolute_expiry(expire, engine.clock.time())),
-                    expire)
+            args = (kb, engine.home_item(item, version, expire), expire)
             calls = [Call(pair[0], "set", args), Call(pair[1], "set", args)]
             results = self._exchange(calls)
             ok = (results[0] is True and results[1] is True) or self._run(

@@ -18,16 +18,6 @@ from memring.engine.keys import encode_key
 from memring.engine.policies import Failover, HealthPolicy, Timeouts
 from memring.engine.serde import Serde
 from memring.engine.single import SingleEngine
-from memring.engine.versions import (
-    FLAG_COPY,
-    FLAG_TOMBSTONE,
-    FLAG_VERSIONED,
-    TRAILER_SIZE,
-    USER_FLAGS,
-    VERSION_AT,
-    absolute_expiry,
-    pack_trailer,
-)
 from memring.errors import MemringError
 from memring.hashring import DEFAULT_VNODES, Node
 from memring.hashring.node import NodeSpec
@@ -36,7 +26,6 @@ __all__ = ["Client"]
 
 _UP = NodeState.UP
 _INT32 = 1 << 31
-_MARKED = FLAG_TOMBSTONE | FLAG_COPY
 
 
 class Client(SyncFace):
@@ -128,23 +117,7 @@ class Client(SyncFace):
             engine.failed(home, exc)
             return self._run(engine.get_kb(kb, default, exc))
         health.succeeded()
-        if raw is None:
-            return default
-        data, flags = raw
-        if flags & FLAG_VERSIONED:  # a value of ours: strip its trailer, move the clock past it
-            size = len(data) - TRAILER_SIZE
-            if flags & _MARKED or size < 0:
-                return engine.value(kb, raw, default, home)  # a tombstone, copy or oddity
-            version = VERSION_AT(data, size)[0]
-            hlc = engine.hlc
-            if version > hlc.last:
-                hlc.observe(version)
-            data = data[:size]
-            flags &= USER_FLAGS
-        try:
-            return engine.serde.deserialize(kb[engine.plen:], data, flags)
-        except Exception:
-            return engine.deserialize(kb, data, flags, home)  # raises it, typed
+        return default if raw is None else engine.home_value(kb, raw, default, home)
 
     def _store_args(self, key: str | bytes, value: Any, expire: Any, noreply: Any, flags: Any
                     ) -> tuple[bytes, tuple[bytes, int]]:
@@ -168,11 +141,8 @@ class Client(SyncFace):
         if health.state is not _UP:
             ok = self._run(engine.set_kb(kb, item, expire, version))
         else:
-            abs_expiry = absolute_expiry(expire, engine.clock.time()) if expire else 0
-            data, flags = item
             try:
-                ok = transport.set(kb, (data + pack_trailer(version, abs_expiry),
-                                        flags | FLAG_VERSIONED), expire)
+                ok = transport.set(kb, engine.home_item(item, version, expire), expire)
             except MemringError as exc:
                 engine.failed(home, exc)
                 ok = self._run(engine.set_kb(kb, item, expire, version, exc))
