@@ -590,7 +590,9 @@ def _add_chaos_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--faults", type=_fault_list, default=defaults.faults,
                    metavar="KIND[,KIND...]",
                    help=f"faults to inject, from {','.join(chaos.FAULTS)}; none for a "
-                   "baseline (default: all)")
+                   f"baseline (default: {','.join(chaos.DEFAULT_FAULTS)}; rolling restarts "
+                   "every node in turn, the next once redundancy is back, rolling-nowait "
+                   "without waiting, and reports the keys that costs)")
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the fault schedule and the workload (default: 0)")
     p.add_argument("--format", choices=chaos.FORMATS, default="table",

@@ -422,12 +422,23 @@ class FakeTransport:
         self.node = server.node
         self.closed = False
         self.on_reconnect = None
+        #: A fault of this one client's link to the node, that other clients do not
+        #: see: None, "cut" (requests are lost; every call times out) or "deaf"
+        #: (requests arrive and are applied, replies are lost; every call times out).
+        self.link: str | None = None
 
     def call(self, method: str, *args: Any) -> Any:
         first = args[0] if args else None
         key = list(first) if isinstance(first, (dict, list, tuple)) else first
         if method == "batch":
             key = None
+        if self.link is not None:
+            if self.link == "deaf":
+                with contextlib.suppress(NodeUnavailable, ServerError):
+                    self.server.call(method, key, *args)
+            if self.server.timeout_cost:
+                self.server.clock.advance(self.server.timeout_cost)
+            raise NodeTimeout("timed out", node=self.node, key=key)
         return self.server.call(method, key, *args)
 
     def send(self, method: str, *args: Any) -> Ready:
@@ -435,11 +446,11 @@ class FakeTransport:
         return Ready.of(self.call, method, *args)
 
     def get(self, key: bytes) -> Item | None:
-        item: Item | None = self.server.call("get_many", key, [key]).get(key)
+        item: Item | None = self.call("get_many", [key]).get(key)
         return item
 
     def set(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(self.server.call("set", key, key, item, expire))
+        return bool(self.call("set", key, item, expire))
 
     def close(self) -> None:
         self.closed = True
@@ -488,8 +499,8 @@ def tick(clock: FakeClock, clients: Sequence[Client], seconds: float, step: floa
 
 
 class SingleFault:
-    """What the Invariant S state machines share: one faulty node at a time,
-    every client made to notice it, and reads checked against a key's model.
+    """What the Invariant S state machines share: one fault at a time (a node's,
+    or one client's link to a node), and reads checked against a key's model.
 
     Put it before ``RuleBasedStateMachine`` among the bases; the subclass
     adds its own model of the keys.
@@ -503,6 +514,8 @@ class SingleFault:
         self.clients = [make_client(self.cluster, self.clock) for _ in range(clients)]
         self.values = itertools.count()
         self.faulty: Node | None = None
+        #: A fault only one client sees: (that client, the node), or None.
+        self.link: tuple[int, Node] | None = None
 
     def teardown(self) -> None:
         for c in self.clients:
@@ -520,9 +533,23 @@ class SingleFault:
         return c._engine.health.state(node) is NodeState.DOWN
 
     def may_fault(self, node: Node) -> bool:
-        """Single-node faults: nothing is faulty, and no client still sees another node down."""
-        return self.faulty is None and not any(
+        """Single faults: nothing is faulty, and no client still sees another node down."""
+        return self.faulty is None and self.link is None and not any(
             self.sees_down(c, n) for c in self.clients for n in self.cluster.nodes if n != node)
+
+    def cut_link(self, who: int, node: Node, how: str) -> bool:
+        """Client ``who`` alone loses ``node`` ("cut" or "deaf", see FakeTransport.link)."""
+        if not self.may_fault(node):
+            return False
+        self.link = (who, node)
+        self.clients[who]._transports[node].link = how
+        return True
+
+    def heal_link(self) -> None:
+        assert self.link is not None
+        who, node = self.link
+        self.clients[who]._transports[node].link = None
+        self.link = None
 
     def observe(self) -> None:
         """Every client that has not yet had a call fail on the faulty node gets one."""

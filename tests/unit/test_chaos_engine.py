@@ -15,7 +15,7 @@ import memring.tools.chaos as chaos
 from memring import ConfigError, Timeouts
 from memring.cli import main
 from memring.tools.chaos import (
-    FAULTS,
+    DEFAULT_FAULTS,
     ChaosConfig,
     ChaosReport,
     FaultEvent,
@@ -86,8 +86,9 @@ def test_the_schedule_is_the_same_for_the_same_seed() -> None:
 def test_the_schedule_gives_every_kind_before_repeating_one() -> None:
     cfg = ChaosConfig(seed=3, nodes=5)
     plan = plan_faults(cfg, 12)
-    for start in range(0, 12, len(FAULTS)):
-        assert sorted(p.kind for p in plan[start:start + len(FAULTS)]) == sorted(FAULTS)
+    for start in range(0, 12, len(DEFAULT_FAULTS)):
+        assert sorted(p.kind for p in plan[start:start + len(DEFAULT_FAULTS)]) == sorted(
+            DEFAULT_FAULTS)
     for p in plan:
         assert 0 <= p.node < 5
         if p.kind == "restart":
@@ -109,7 +110,7 @@ def test_no_faults_means_an_empty_schedule() -> None:
 def test_a_run_as_long_as_one_turn_reaches_every_kind(seed: int) -> None:
     needed = fit_schedule(ChaosConfig(seed=seed)).needed_s
     fit = fit_schedule(ChaosConfig(seed=seed, duration=math.ceil(needed)))
-    assert sorted(fit.kinds) == sorted(FAULTS)  # the first turn has each kind once
+    assert sorted(fit.kinds) == sorted(DEFAULT_FAULTS)  # the first turn has each kind once
     assert list(fit.starts) == sorted(fit.starts) and fit.starts[-1] < needed
     assert fit.needed_s == needed  # the estimate does not depend on the duration asked
     assert fit.skipped == () and fit.note is None

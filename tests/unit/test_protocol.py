@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memring import Node, ProtocolError, Timeouts
-from memring.errors import ServerReplyError
 from memring.client.transport import READ_SIZE, SocketTransport, _KernelTimeoutSockets, _timeval
+from memring.errors import ServerReplyError
 from memring.protocol import COMMANDS, INCOMPLETE, BadReply, ErrorLine, MetadumpReader
 from memring.protocol.replies import MAX_LINE
 
