@@ -31,6 +31,7 @@ from typing import Any
 
 from memring import Client, Node, NodeState
 from memring.client.transport import Ready
+from memring.engine.versions import HybridClock
 from memring.errors import NodeTimeout, NodeUnavailable, ServerError
 
 __all__ = ["FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport", "SingleFault"]
@@ -470,6 +471,9 @@ class FakeCluster:
 
     def __init__(self, n: int, clock: FakeClock, *, timeout_cost: float = 0.0) -> None:
         self.clock = clock
+        #: Versions for the cluster's clients, from the fake clock: what a version
+        #: says of time (a warming node's trust, a copy's age) moves with the test.
+        self.hlc = HybridClock(lambda: int(clock.time() * 1000))
         self.nodes = [Node(f"10.0.0.{i + 1}", 11211) for i in range(n)]
         self.servers = {node: FakeMemcached(node, clock, timeout_cost=timeout_cost)
                         for node in self.nodes}

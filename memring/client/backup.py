@@ -14,6 +14,8 @@ from memring.hashring import Node
 
 __all__ = ["BackupClient"]
 
+_THIRTY_DAYS = 30 * 24 * 3600
+
 
 class BackupClient(Client):
     """A :class:`~memring.Client` that keeps two copies of every key.
@@ -87,7 +89,7 @@ class BackupClient(Client):
         kb, item = self._store_args(key, value, expire, noreply, flags)
         version = engine.hlc.now()
         pair = engine.healthy_pair(kb)
-        if pair is None:
+        if pair is None or not 0 <= expire <= _THIRTY_DAYS:  # or a delete, a date
             ok = self._run(engine.set_kb(kb, item, expire, version))
         else:
             args = (kb, engine.home_item(item, version, expire), expire)

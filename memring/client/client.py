@@ -26,6 +26,7 @@ __all__ = ["Client"]
 
 _UP = NodeState.UP
 _INT32 = 1 << 31
+_THIRTY_DAYS = 30 * 24 * 3600
 
 
 class Client(SyncFace):
@@ -138,7 +139,7 @@ class Client(SyncFace):
         version = engine.hlc.now()
         home = engine.ring.node_for(kb)
         transport, health = engine.homes[home]
-        if health.state is not _UP:
+        if health.state is not _UP or not 0 <= expire <= _THIRTY_DAYS:  # or a delete, a date
             ok = self._run(engine.set_kb(kb, item, expire, version))
         else:
             try:

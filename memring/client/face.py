@@ -42,7 +42,7 @@ T = TypeVar("T")
 TransportFactory = Callable[[Node], Any]
 
 #: Options only the tests pass (fakes at the transport seam, a fake clock, no threads).
-_PRIVATE = ("_transport_factory", "_clock", "_background", "_sleep")
+_PRIVATE = ("_transport_factory", "_clock", "_background", "_sleep", "_hlc")
 
 
 def sync_method(fn: Callable[Concatenate[Any, P], Op[T]]) -> Callable[Concatenate[Any, P], T]:
@@ -84,7 +84,7 @@ class SyncFace:
                              if name in options}
         settings = resolve(clock=private.get("_clock"), **options)
         self._settings = settings
-        self._engine = self.ENGINE(servers, settings, hlc=versions.clock())
+        self._engine = self.ENGINE(servers, settings, hlc=private.get("_hlc") or versions.clock())
         factory: TransportFactory | None = private.get("_transport_factory")
         if factory is None:
             from memring.client.transport import SocketTransport

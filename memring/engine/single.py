@@ -242,9 +242,16 @@ class SingleEngine(Engine):
 
     def set_kb(self, kb: bytes, item: Item, expire: int, version: int,
                failed: MemringError | None = None) -> Op[bool]:
-        """Store a checked key's serialized item at ``version``."""
+        """Store a checked key's serialized item at ``version``.
+
+        A value that is expired already (``expire < 0``, or a Unix time past:
+        Django's ``timeout=0``) is a delete: it leaves a tombstone, so no older
+        copy elsewhere can come back in its place.
+        """
         now = self.clock.time()
         abs_expiry = absolute_expiry(expire, now)
+        if abs_expiry and abs_expiry <= now:
+            return (yield from self._delete_kb(kb, version))
 
         def up(home: Node) -> Op[bool]:
             return bool((yield from self.one(home, "set", kb, encode(item, version, abs_expiry),
@@ -339,17 +346,24 @@ class SingleEngine(Engine):
         """Delete ``key`` (leaving a tombstone). True if it held a value."""
         kb = self.key(key)
         noreply = check_noreply(noreply)
-        version = self.hlc.now()
+        existed = yield from self._delete_kb(kb, self.hlc.now())
+        return bool(self.replied(noreply, existed))
+
+    def _delete_kb(self, kb: bytes, version: int) -> Op[bool]:
+        """Leave a tombstone for ``kb`` at ``version``; True if it held a value."""
         mark = tombstone(version)
         tomb_ttl = self.failover.tombstone_ttl
+        ops = [("get", (kb,)), ("set", (kb, mark, tomb_ttl))]
 
-        def up(home: Node) -> Op[bool]:
-            old, stored = yield from self.one(
-                home, "batch", [("get", (kb,)), ("set", (kb, mark, tomb_ttl))])
+        def existed(old: Any, stored: Any, node: Node) -> bool:
             if isinstance(stored, Exception):
                 raise stored
             return (old is not None and not isinstance(old, Exception)
-                    and self.stored(old, kb, home).kind is Kind.VALUE)
+                    and self.stored(old, kb, node).kind is Kind.VALUE)
+
+        def up(home: Node) -> Op[bool]:
+            old, stored = yield from self.one(home, "batch", ops)
+            return existed(old, stored, home)
 
         def down(f: Node, home: Node) -> Op[bool]:
             st = Stored(Kind.TOMBSTONE, version, (b"", 0), 0, True)
@@ -357,14 +371,10 @@ class SingleEngine(Engine):
 
         def warm(home: Node) -> Op[bool]:
             st = Stored(Kind.TOMBSTONE, version, (b"", 0), 0, False)
-            old, stored = yield from self._warm_write(
-                kb, home, "batch", ([("get", (kb,)), ("set", (kb, mark, tomb_ttl))],), st)
-            if isinstance(stored, Exception):
-                raise stored
-            return (old is not None and not isinstance(old, Exception)
-                    and self.stored(old, kb, home).kind is Kind.VALUE)
+            old, stored = yield from self._warm_write(kb, home, "batch", (ops,), st)
+            return existed(old, stored, home)
 
-        return bool(self.replied(noreply, (yield from self._route(kb, False, up, down, warm))))
+        return bool((yield from self._route(kb, False, up, down, warm)))
 
     def _rmw(self, node: Node, kb: bytes, mutate: mutations.Mutation, copy_for: Node | None,
              cover: bool = False) -> Op[Any]:
@@ -650,13 +660,19 @@ class SingleEngine(Engine):
         expire = check_expire(expire)
         check_noreply(noreply)
         version = self.hlc.now()
-        abs_expiry = absolute_expiry(expire, self.clock.time())
+        now = self.clock.time()
+        abs_expiry = absolute_expiry(expire, now)
         groups, other = self.up_groups(items)
         not_stored: list[Any] = []
         failed: dict[bytes, Exception] = {}
-        calls = [Call(node, "set_many",
-                      ({kb: encode(items[kb], version, abs_expiry) for kb in kbs}, expire))
-                 for node, kbs in groups.items()]
+        if abs_expiry and abs_expiry <= now:  # expired already: a delete (see set_kb)
+            calls = [Call(node, "set_many", (dict.fromkeys(kbs, tombstone(version)),
+                                             self.failover.tombstone_ttl))
+                     for node, kbs in groups.items()]
+        else:
+            calls = [Call(node, "set_many",
+                          ({kb: encode(items[kb], version, abs_expiry) for kb in kbs}, expire))
+                     for node, kbs in groups.items()]
         results = yield calls
         for call, got in zip(calls, results, strict=True):
             if isinstance(got, MemringError):
@@ -726,6 +742,7 @@ class SingleEngine(Engine):
         ops: list[tuple[str, tuple[Any, ...]]] = []
         planned: list[tuple[bytes, Hint, bool]] = []
         keep: list[tuple[bytes, Hint]] = []
+        done: list[bytes] = []  # settled at home (or home was newer): retire their copies
         for kb, hint in batch:
             mine = at_home.get(kb)
             current = None if mine is None else self.stored(mine[0], kb, home)
@@ -737,18 +754,20 @@ class SingleEngine(Engine):
                 # hides it, and still loses to that write if its node returns.
                 if kb in unreachable:
                     keep.append((kb, hint))
-                new: Stored | None = Stored(Kind.TOMBSTONE, hint.version - 1, (b"", 0), 0,
-                                            False)
+                if current is None:
+                    continue  # nothing at home to hide
+                new = Stored(Kind.TOMBSTONE, hint.version - 1, (b"", 0), 0, False)
                 hole = True
             else:
                 new = self.stored(copy_raw[0], kb, hint.holder)
                 hole = False
-            assert new is not None
             cmd = moves.plan(kb, new, current, cas, now, self.failover.tombstone_ttl,
                              self._may_add(home, new))
             if cmd is not None:
                 ops.append(cmd)
                 planned.append((kb, hint, hole))
+            elif not hole:
+                done.append(kb)
         if ops:
             results = yield [Call(home, "batch", (ops,))]
             if isinstance(results[0], MemringError):
@@ -756,10 +775,33 @@ class SingleEngine(Engine):
             for (kb, hint, hole), ok in zip(planned, results[0], strict=True):
                 if ok is True:
                     self.counters["handoff_holes" if hole else "settled"] += 1
+                    if not hole:
+                        done.append(kb)
                 elif not any(k == kb for k, _ in keep):
                     keep.append((kb, hint))  # a write landed meanwhile: look again
+        yield from self._retire(home, {kb: hint for kb, hint in batch}, done, copies)
         return keep
 
+    def _retire(self, home: Node, hints: Mapping[bytes, Hint], kbs: Sequence[bytes],
+                copies: Mapping[bytes, Any]) -> Op[None]:
+        """Replace the settled copies of ``kbs`` by a tombstone just older than each.
+
+        A copy left behind would be read again if ``home`` failed once more
+        before it expired, and it may be older than what home holds by then.
+        The tombstone reads as a miss there, and loses to home's item in any
+        comparison. By CAS on the copy that was read: a newer copy written
+        meanwhile stays.
+        """
+        ttl = self.failover.failover_ttl
+        by_holder: dict[Node, list[tuple[str, tuple[Any, ...]]]] = defaultdict(list)
+        for kb in kbs:
+            raw, token, _ = copies[kb]
+            st = self.stored(raw, kb, hints[kb].holder)
+            if st.kind is Kind.VALUE:
+                by_holder[hints[kb].holder].append(
+                    ("cas", (kb, tombstone(st.version - 1, copy=True), token, ttl)))
+        if by_holder:
+            yield [Call(node, "batch", (ops,)) for node, ops in by_holder.items()]  # best effort
 
 
 def _expiry_of(ttl: int, now: float) -> int:

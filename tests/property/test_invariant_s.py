@@ -92,7 +92,7 @@ def make_client(cluster: FakeCluster, clock: FakeClock, *, failover_ttl: int = F
         failover=Failover("next", failover_ttl=failover_ttl),
         health=HealthPolicy(failure_threshold=1, backoff_initial=backoff_initial,
                             backoff_max=backoff_max, jitter=0),
-        vnodes=VNODES, _transport_factory=cluster.transport_factory, _clock=clock,
+        vnodes=VNODES, _transport_factory=cluster.transport_factory, _clock=clock, _hlc=cluster.hlc,
         _background=False,
     )
 
@@ -127,16 +127,25 @@ class KeyModel:
     allowed: dict[str, float | None] = field(default_factory=dict)
     #: how each value left ``allowed``, to explain a failure
     gone: dict[str, str] = field(default_factory=dict)
+    #: values overwritten while clients saw a fault differently (value -> its own
+    #: expiry): the README's limit lets one come back once every newer value has
+    #: expired, since memcached leaves no trace of an expired item
+    shadow: dict[str, float | None] = field(default_factory=dict)
 
-    def acked_set(self, value: str, deadline: float | None) -> None:
+    def acked_set(self, value: str, deadline: float | None, diverging: bool = False) -> None:
         for v in self.allowed:
             self.gone[v] = f"overwritten by {value!r}"
+        if diverging:
+            self.shadow.update(self.allowed)
+        else:
+            self.shadow.clear()
         self.allowed = {value: deadline}
 
     def acked_delete(self) -> None:
         for v in self.allowed:
             self.gone[v] = "deleted"
         self.allowed = {}
+        self.shadow.clear()
 
     def maybe_set(self, value: str, deadline: float | None) -> None:
         self.allowed[value] = deadline
@@ -161,6 +170,8 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
         self.last_faulty = _NODES[0]
         #: Reads are checked from this clock time on (see the module docstring).
         self.calm_at = 0.0
+        #: The node of the last fault only one client saw.
+        self.diverged: Node | None = None
 
     # -- helpers ------------------------------------------------------------
     def _key(self, choice: int) -> str:
@@ -174,6 +185,12 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
     def _check(self, who: int, key: str, got: object) -> None:
         if not self._calm():
             return  # clients see a fault differently: a single copy can lag (module docstring)
+        m = self.model[key]
+        now = self.clock.time()
+        if got in m.shadow and all(d is not None and d < now for d in m.allowed.values()):
+            deadline = m.shadow[str(got)]
+            if deadline is None or now <= deadline:
+                return  # the documented limit: every newer value has expired
         if got is not None:  # a miss is always allowed
             self.check_value(who, key, got, self.model[key].allowed, self.model[key].gone)
 
@@ -195,7 +212,7 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
             self.model[key].maybe_set(value, self._deadline(expire))
             return
         assert ok is True
-        self.model[key].acked_set(value, self._deadline(expire))
+        self.model[key].acked_set(value, self._deadline(expire), not self._calm())
 
     @rule(who=WHO, choice=KEY)
     def delete(self, who: int, choice: int) -> None:
@@ -246,7 +263,7 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
                 if k in failed:
                     self.model[k].maybe_set(v, self._deadline(expire))
                 else:
-                    self.model[k].acked_set(v, self._deadline(expire))
+                    self.model[k].acked_set(v, self._deadline(expire), not self._calm())
         else:
             try:
                 c.delete_many(keys)
@@ -279,7 +296,8 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
     @rule(who=WHO, node=st.sampled_from(_NODES), how=st.sampled_from(["cut", "deaf"]))
     def link_fault(self, who: int, node: Node, how: str) -> None:
         """Client ``who`` alone loses ``node``: a brief pause only it hit, or a partition."""
-        if self.cut_link(who, node, how):
+        if self._one_at_a_time() and self.cut_link(who, node, how):
+            self.diverged = node
             self.last_faulty = node
             self.calm_at = float("inf")
 
@@ -308,12 +326,20 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
         server = self.cluster[node]
         if how == "kill" and self.faulty == node and server.state == "hung":
             server.kill()  # SIGKILL a hung process: its buffered writes are lost
+        elif not self._one_at_a_time():
+            return
         elif how == "bounce":
             if self.may_fault(node):
                 server.restart()  # connections are re-opened: just an empty node
         elif self.may_fault(node):
             self.faulty = self.last_faulty = node
             getattr(server, how)()
+
+    def _one_at_a_time(self) -> bool:
+        """No fault starts while a client still sees a node down after a fault only it
+        saw: for that client the first fault is not over, and two would overlap."""
+        return self.diverged is None or not any(
+            self.sees_down(c, self.diverged) for c in self.clients)
 
     @precondition(lambda self: self.faulty is not None)
     @rule(restart=st.sampled_from([False, False, True]), before=LATER, after=LATER,
@@ -331,6 +357,7 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
             self.observe()
         elif not all(self.sees_down(c, self.faulty) for c in self.clients):
             self.calm_at = self.clock.time() + before + SETTLE
+            self.diverged = self.faulty
         tick(self.clock, self.clients, before)
         if restart or server.state == "dead":
             server.restart()
