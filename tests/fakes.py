@@ -563,6 +563,17 @@ class SingleFault:
                 c.stats()  # a call to every node it does not know to be down
             assert self.sees_down(c, self.faulty)
 
+    def shadowed(self, got: object, allowed: Mapping[object, float | None],
+                 shadow: Mapping[str, float | None]) -> bool:
+        """The README's limit: a value overwritten while clients saw a fault
+        differently (``shadow``: value -> its own expiry) may come back once every
+        newer value has expired, since memcached leaves no trace of an expired item."""
+        now = self.clock.time()
+        if str(got) not in shadow or not all(d is not None and d < now for d in allowed.values()):
+            return False
+        deadline = shadow[str(got)]
+        return deadline is None or now <= deadline
+
     def check_value(self, who: int, key: str, got: object,
                     allowed: Mapping[object, float | None], gone: Mapping[str, str]) -> None:
         """``got`` (not a miss) must be a value ``key`` may hold now: one of

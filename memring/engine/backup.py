@@ -261,12 +261,20 @@ class BackupEngine(Engine):
                 cmd = moves.plan(kb, best, current, None if cur is None else cur[1], now,
                                  self.failover.tombstone_ttl, self._may_add(node, best))
                 if cmd is not None:
-                    if node not in self.home_pair(kb) and cmd[0] == "add":
-                        cmd = ("add", (kb, self._as_copy(best), self.failover.failover_ttl))
+                    if node not in self.home_pair(kb):
+                        # A stand-in holds copies only: their trailer's expiry is
+                        # honoured on read even when a keepalive extends their life.
+                        raw, expire = self._stand_in_form(best, now)
+                        cmd = (cmd[0], (kb, raw, *cmd[1][2:-1], expire))
                     calls.append(Call(node, cmd[0], cmd[1]))
             if calls:
                 done = yield calls
                 self.counters["read_repairs"] += sum(r is True for r in done)
+                home = self.home_pair(kb)
+                # A copy on a stand-in is this client's to retire once home is back.
+                self._hint_down_homes(kb, home, best.version,
+                                      [c.node for c, r in zip(calls, done, strict=True)
+                                       if r is True and c.node not in home])
         except MemringError as exc:  # the read itself has its answer
             log.debug("repair of %r failed: %s", kb, exc)
 
@@ -275,6 +283,13 @@ class BackupEngine(Engine):
         if st.kind is Kind.VALUE:
             return encode(st.item, st.version, st.expiry, copy=True)
         return tombstone(st.version, copy=True)
+
+    def _stand_in_form(self, st: Stored, now: float) -> tuple[Item, int]:
+        """``(raw item, expire)`` to store ``st`` on a node that does not own its
+        key: a copy capped at ``failover_ttl``, a tombstone copy once expired."""
+        if st.kind is Kind.VALUE and relative_expiry(st.expiry, now) < 0:
+            return tombstone(st.version, copy=True), self.failover.failover_ttl
+        return self._as_copy(st), self.failover.failover_ttl
 
     def get(self, key: str | bytes, default: Any = None) -> Op[Any]:
         """The value of ``key``, or ``default`` on a miss."""
@@ -313,11 +328,10 @@ class BackupEngine(Engine):
                     now: float) -> Call:
         """The ``set`` that stores ``st`` on ``node``: full life on a home node, a
         copy capped at ``failover_ttl`` on a stand-in."""
-        raw, expire = moves.owner_form(st, now, self.failover.tombstone_ttl)
-        if node not in home:
-            raw, expire = self._as_copy(st), self.failover.failover_ttl
-            if st.kind is Kind.VALUE and relative_expiry(st.expiry, now) < 0:
-                raw = tombstone(st.version, copy=True)
+        if node in home:
+            raw, expire = moves.owner_form(st, now, self.failover.tombstone_ttl)
+        else:
+            raw, expire = self._stand_in_form(st, now)
         return Call(node, "set", (kb, raw, expire))
 
     def _replicate(self, kb: bytes, st: Stored, done: Collection[Node] = (),
@@ -834,25 +848,30 @@ class BackupEngine(Engine):
                 if node != home and not self.health.is_down(node):
                     sources[node].append(kb)
         calls = [Call(home, "meta_many", (kbs,))]
-        calls += [Call(node, "get_many", (keys,)) for node, keys in sources.items()]
+        calls += [Call(node, "meta_many", (keys,)) for node, keys in sources.items()]
         results = yield calls
         at_home = results[0]
         if isinstance(at_home, MemringError):
             raise at_home
         found: dict[bytes, Stored | None] = {}
         answered: dict[bytes, int] = defaultdict(int)
+        copies: dict[bytes, Any] = {}  # each hint's copy on its stand-in, as read
+        held = {kb: hint.holder for kb, hint in batch}
         for call, got in zip(calls[1:], results[1:], strict=True):
             if isinstance(got, MemringError):
                 continue
             for kb in call.args[0]:
                 answered[kb] += 1
-                raw = got.get(kb)
-                if raw is not None:
-                    found[kb] = newest(found.get(kb), self.stored(raw, kb, call.node))
+                meta = got.get(kb)
+                if meta is not None:
+                    found[kb] = newest(found.get(kb), self.stored(meta[0], kb, call.node))
+                    if call.node == held[kb]:
+                        copies[kb] = meta
         now = self.clock.time()
         ops: list[tuple[str, tuple[Any, ...]]] = []
         planned: list[tuple[bytes, Hint, bool]] = []
         keep: list[tuple[bytes, Hint]] = []
+        done: list[bytes] = []  # home holds the newest: retire the stand-in's copy
         for kb, hint in batch:
             mine = at_home.get(kb)
             current = None if mine is None else self.stored(mine[0], kb, home)
@@ -870,15 +889,22 @@ class BackupEngine(Engine):
             if cmd is not None:
                 ops.append(cmd)
                 planned.append((kb, hint, hole))
+            elif not hole:
+                done.append(kb)
         if ops:
-            (done,) = yield [Call(home, "batch", (ops,))]
-            if isinstance(done, MemringError):
-                raise done
-            for (kb, hint, hole), ok in zip(planned, done, strict=True):
+            (stored,) = yield [Call(home, "batch", (ops,))]
+            if isinstance(stored, MemringError):
+                raise stored
+            for (kb, hint, hole), ok in zip(planned, stored, strict=True):
                 if ok is True:
                     self.counters["handoff_holes" if hole else "settled"] += 1
+                    if not hole:
+                        done.append(kb)
                 elif (kb, hint) not in keep:
                     keep.append((kb, hint))
+        # A copy left on a stand-in is read again if a home fails before it expires;
+        # a client that never saw this outage writes the homes only, over its head.
+        yield from self._retire(home, dict(batch), [kb for kb in done if kb in copies], copies)
         return keep
 
     # -- rebuild --------------------------------------------------------

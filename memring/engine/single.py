@@ -782,27 +782,6 @@ class SingleEngine(Engine):
         yield from self._retire(home, {kb: hint for kb, hint in batch}, done, copies)
         return keep
 
-    def _retire(self, home: Node, hints: Mapping[bytes, Hint], kbs: Sequence[bytes],
-                copies: Mapping[bytes, Any]) -> Op[None]:
-        """Replace the settled copies of ``kbs`` by a tombstone just older than each.
-
-        A copy left behind would be read again if ``home`` failed once more
-        before it expired, and it may be older than what home holds by then.
-        The tombstone reads as a miss there, and loses to home's item in any
-        comparison. By CAS on the copy that was read: a newer copy written
-        meanwhile stays.
-        """
-        ttl = self.failover.failover_ttl
-        by_holder: dict[Node, list[tuple[str, tuple[Any, ...]]]] = defaultdict(list)
-        for kb in kbs:
-            raw, token, _ = copies[kb]
-            st = self.stored(raw, kb, hints[kb].holder)
-            if st.kind is Kind.VALUE:
-                by_holder[hints[kb].holder].append(
-                    ("cas", (kb, tombstone(st.version - 1, copy=True), token, ttl)))
-        if by_holder:
-            yield [Call(node, "batch", (ops,)) for node, ops in by_holder.items()]  # best effort
-
 
 def _expiry_of(ttl: int, now: float) -> int:
     return expiry_from_ttl(ttl, now)

@@ -186,11 +186,8 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
         if not self._calm():
             return  # clients see a fault differently: a single copy can lag (module docstring)
         m = self.model[key]
-        now = self.clock.time()
-        if got in m.shadow and all(d is not None and d < now for d in m.allowed.values()):
-            deadline = m.shadow[str(got)]
-            if deadline is None or now <= deadline:
-                return  # the documented limit: every newer value has expired
+        if self.shadowed(got, m.allowed, m.shadow):
+            return  # the documented limit: every newer value has expired
         if got is not None:  # a miss is always allowed
             self.check_value(who, key, got, self.model[key].allowed, self.model[key].gone)
 
