@@ -13,6 +13,7 @@ clients (``except MemcacheClientError``, ``except MemcacheServerError``,
     ├── InvalidArgument                    ValueError        MemcacheIllegalInputError
     │   ├── InvalidArgumentType            TypeError         MemcacheIllegalInputError
     │   └── InvalidKey                     ValueError        MemcacheIllegalInputError
+    │       └── InvalidKeyType             TypeError         MemcacheIllegalInputError
     ├── ValueTooLarge                      ValueError        MemcacheServerError
     ├── SerializationError                 TypeError         MemcacheIllegalInputError
     ├── NodeError                          -                 MemcacheError
@@ -49,6 +50,9 @@ What each one means, and why it maps where it does:
     character, or a type other than str/bytes. pymemcache raises
     ``MemcacheIllegalInputError`` for each ("Key contains whitespace", "Key
     is too long", "Non-ASCII key"), before anything is sent.
+``InvalidKeyType``
+    A key (or a collection of keys) of the wrong type: ``get(5)``,
+    ``get_many(None)``. Also a ``TypeError``, as the builtin would raise.
 ``ValueTooLarge``
     memring refuses the value before any I/O; pymemcache sends it and
     memcached answers ``SERVER_ERROR object too large for cache``, which
@@ -166,6 +170,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidArgumentType",
     "InvalidKey",
+    "InvalidKeyType",
     "MemringError",
     "MultiKeyError",
     "NodeError",
@@ -203,6 +208,10 @@ class InvalidKey(InvalidArgument):
     def __init__(self, message: str, *, key: object = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class InvalidKeyType(InvalidKey, TypeError):
+    """A key, or a collection of keys, of the wrong type (``get(5)``, ``get_many(None)``)."""
 
 
 class ValueTooLarge(MemringError, ValueError, MemcacheServerError):

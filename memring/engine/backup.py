@@ -48,6 +48,7 @@ from memring.engine.base import (
     check_expire,
     check_ignored,
     check_noreply,
+    check_seconds,
     is_tombstone_flags,
 )
 from memring.engine.health import NodeState, NodeStatus
@@ -1048,6 +1049,7 @@ class BackupEngine(Engine):
         waits for every node to be up, settled and rebuilt. Raises
         :class:`~memring.ClusterError` after ``timeout`` seconds.
         """
+        timeout = check_seconds("timeout", timeout)
         start = self.clock.monotonic()
         while True:
             yield from self.stats()

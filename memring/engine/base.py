@@ -123,9 +123,6 @@ class Engine:
         return encode_key(key, self.prefix)
 
     def keys(self, keys: Iterable[str | bytes]) -> dict[bytes, Any]:
-        if isinstance(keys, (str, bytes)):
-            raise InvalidArgument(
-                f"keys must be an iterable of keys, not a single {type(keys).__name__} key")
         return encode_keys(keys, self.prefix)
 
     def serialize(self, kb: bytes, value: Any, flags: int | None = None) -> tuple[bytes, int]:
@@ -290,7 +287,10 @@ class Engine:
     def stats(self, *args: str) -> Op[dict[str, dict[bytes, Any]]]:
         """``{node label: stats}`` for every reachable node."""
         for arg in args:
-            if not isinstance(arg, str) or not arg or not arg.isprintable() or " " in arg:
+            if not isinstance(arg, str):
+                from memring.errors import InvalidArgumentType
+                raise InvalidArgumentType(f"stats arguments must be words, got {arg!r}")
+            if not arg or not arg.isprintable() or " " in arg:
                 raise InvalidArgument(f"stats arguments must be words, got {arg!r}")
         nodes = self.live_nodes()
         results = yield [Call(n, "stats", args) for n in nodes]
@@ -317,6 +317,7 @@ class Engine:
         returns: flushing a cluster with a node down is not complete.
         """
         delay = check_int("delay", delay, 0, 2**31 - 1)
+        check_noreply(noreply)
         live = self.live_nodes()
         results = yield [Call(n, "flush_all", (delay,)) for n in live]
         return len(live) == len(self.ring) and all(r is True for r in results)
@@ -614,6 +615,17 @@ def check_int(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def check_seconds(name: str, value: Any) -> float:
+    """A duration argument: a non-negative, finite int or float, or a typed error."""
+    from memring.errors import InvalidArgumentType
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentType(f"{name} must be a number of seconds, got {value!r}")
+    if not 0 <= value < float("inf"):
+        raise InvalidArgument(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def check_expire(expire: Any) -> int:
     """memcached's expire: seconds (up to 30 days), a Unix time, 0 (never) or < 0 (now)."""
     return check_int("expire", expire, -(2**31), 2**31 - 1)
@@ -651,7 +663,10 @@ def cas_token(cas: Any) -> bytes:
         return str(cas).encode()
     if isinstance(cas, str):
         cas = cas.encode("ascii", "replace")
-    if not isinstance(cas, bytes) or not cas.isdigit() or len(cas) > 20:
+    if not isinstance(cas, bytes):
+        from memring.errors import InvalidArgumentType
+        raise InvalidArgumentType(f"cas token must be an int or digits, got {cas!r}")
+    if not cas.isdigit() or len(cas) > 20 or int(cas) >= 1 << 64:
         raise InvalidArgument(f"cas token must be an int or digits, got {cas!r}")
     return cas
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 
 from memring.engine.defaults import MAX_KEY_LENGTH
-from memring.errors import InvalidKey
+from memring.errors import InvalidKey, InvalidKeyType
 
 __all__ = ["encode_key", "encode_keys"]
 
@@ -36,7 +36,7 @@ def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
         raw = key
         plain = False
     else:
-        raise InvalidKey(f"key must be str or bytes, got {type(key).__name__}", key=key)
+        raise InvalidKeyType(f"key must be str or bytes, got {type(key).__name__}", key=key)
     if not raw:
         raise InvalidKey("key is empty", key=key)
     full = prefix + raw if prefix else raw
@@ -56,11 +56,15 @@ def encode_keys(keys: Iterable[str | bytes], prefix: bytes = b"") -> dict[bytes,
     One scan of all the keys for forbidden bytes instead of one per key (a
     forbidden byte is a single byte, so joining keys cannot make or hide one).
     ``prefix`` must be valid on its own. Raises :class:`InvalidKey` for the
-    first bad key.
+    first bad key, and :class:`InvalidKeyType` if ``keys`` is a single key or
+    not a collection at all.
 
     >>> encode_keys(["a", b"b"], b"p:")
     {b'p:a': 'a', b'p:b': b'b'}
     """
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        what = "a single key" if isinstance(keys, (str, bytes)) else type(keys).__name__
+        raise InvalidKeyType(f"keys must be an iterable of keys, not {what}", key=keys)
     out: dict[bytes, str | bytes] = {}
     longest = MAX_KEY_LENGTH - len(prefix)
     for key in keys:

@@ -18,6 +18,7 @@ EXPECTED_ALL = [
     "InvalidArgument",
     "InvalidArgumentType",
     "InvalidKey",
+    "InvalidKeyType",
     "MemringError",
     "MultiKeyError",
     "Node",

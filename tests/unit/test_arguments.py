@@ -1,0 +1,173 @@
+"""Every public method, every argument of a wrong type or range: a typed error, nothing sent.
+
+The walk is driven by the methods' signatures: each parameter name has a
+valid value and a list of bad ones, each with the builtin exception a
+plain Python function would raise for it. For each public method of
+:class:`~memring.Client` and :class:`~memring.BackupClient`, every bad value
+of every parameter is passed (the others valid) and the call must raise a
+:class:`~memring.MemringError` that is also that builtin, having sent
+nothing: the transports record every call made on them. A method with a
+parameter this table does not know fails the walk, so a new method cannot
+go unchecked.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from memring import BackupClient, Client, InvalidKeyType, MemringError
+from tests.fakes import FakeClock, FakeCluster, FakeTransport
+
+#: ``parameter name -> (valid value, [(bad value, builtin it must also be), ...])``.
+#: ``value`` is a stored value except for ``incr``/``decr`` (see AMOUNT).
+PARAMETERS: dict[str, tuple[Any, list[tuple[Any, type[Exception]]]]] = {
+    "key": ("k", [(5, TypeError), (None, TypeError), (1.5, TypeError), (["k"], TypeError),
+                  ("", ValueError), ("a b", ValueError), ("a\r\nflush_all", ValueError),
+                  (b"x" * 251, ValueError)]),
+    "value": ("v", [(object(), TypeError), (b"x" * (2 * 1024 * 1024), ValueError)]),
+    "expire": (0, [("10", TypeError), (1.5, TypeError), (None, TypeError), (True, TypeError),
+                   (2**31, ValueError), (-(2**31) - 1, ValueError)]),
+    "noreply": (None, [("x", TypeError), (1, TypeError)]),
+    "flags": (None, [("x", TypeError), (1.0, TypeError), (-1, ValueError),
+                     (1 << 24, ValueError)]),
+    "cas": (1, [(1.5, TypeError), (None, TypeError), ("abc", ValueError), (-1, ValueError),
+                (2**64, ValueError), ("1" * 21, ValueError),
+                (str(2**64), ValueError)]),
+    "keys": (["a", "b"], [(5, TypeError), (None, TypeError), ("abc", TypeError),
+                          (b"abc", TypeError), ([1], TypeError), ([""], ValueError),
+                          (["ok", "a b"], ValueError)]),
+    "values": ({"a": "v"}, [(["a", "b"], TypeError), (None, TypeError), ({5: "v"}, TypeError),
+                            ({"a": object()}, TypeError), ({"a b": "v"}, ValueError)]),
+    "delay": (0, [("x", TypeError), (1.5, TypeError), (-1, ValueError)]),
+    "timeout": (1.0, [("x", TypeError), (None, TypeError), (-1, ValueError),
+                      (float("nan"), ValueError), (float("inf"), ValueError)]),
+    "args": ((), [((5,), TypeError), (("a b",), ValueError), (("",), ValueError)]),
+    # Any value is a valid default: nothing to refuse.
+    "default": (None, []),
+    "cas_default": (None, []),
+}
+
+#: ``incr``/``decr``'s ``value``: an amount.
+AMOUNT: tuple[Any, list[tuple[Any, type[Exception]]]] = (
+    1, [("1", TypeError), (1.5, TypeError), (None, TypeError), (True, TypeError),
+        (-1, ValueError), (2**64, ValueError)])
+
+#: Methods that do no I/O at all (the rest must send something when called right).
+NO_IO = {"route", "owners", "metrics", "close", "disconnect_all"}
+
+
+class RecordingTransport(FakeTransport):
+    """A fake node connection that records every call made on it."""
+
+    def __init__(self, *args: Any, log: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._log = log
+
+    def call(self, method: str, *args: Any) -> Any:
+        self._log.append(method)
+        return super().call(method, *args)
+
+    def send(self, method: str, *args: Any) -> Any:
+        self._log.append(method)
+        return super().send(method, *args)
+
+    def get(self, key: bytes) -> Any:
+        self._log.append("get")
+        return super().get(key)
+
+    def set(self, key: bytes, item: Any, expire: int) -> bool:
+        self._log.append("set")
+        return super().set(key, item, expire)
+
+
+def _client(kind: type[Client], log: list[str]) -> Client:
+    clock = FakeClock()
+    cluster = FakeCluster(3, clock)
+    return kind(cluster.servers, _clock=clock, _background=False, _hlc=cluster.hlc,
+                _transport_factory=lambda node: RecordingTransport(cluster[node], log=log))
+
+
+def _methods(kind: type[Client]) -> list[str]:
+    return sorted(name for name in dir(kind) if not name.startswith("_")
+                  and inspect.isfunction(getattr(kind, name)))
+
+
+def _parameters(kind: type[Client], name: str) -> list[inspect.Parameter]:
+    params = list(inspect.signature(getattr(kind, name)).parameters.values())
+    return params[1:]  # self
+
+
+def _table(name: str, param: str) -> tuple[Any, list[tuple[Any, type[Exception]]]]:
+    if param == "value" and name in ("incr", "decr"):
+        return AMOUNT
+    if param not in PARAMETERS:
+        raise AssertionError(f"{name}({param}=...): add valid and bad values for {param!r}")
+    return PARAMETERS[param]
+
+
+def _call(client: Client, name: str, params: list[inspect.Parameter],
+          override: tuple[str, Any] | None) -> Any:
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for p in params:
+        value = override[1] if override and override[0] == p.name else _table(name, p.name)[0]
+        if p.kind is p.VAR_POSITIONAL:
+            args.extend(value)
+        elif p.kind is p.KEYWORD_ONLY:
+            kwargs[p.name] = value
+        else:
+            args.append(value)
+    return getattr(client, name)(*args, **kwargs)
+
+
+def _cases() -> Iterator[Any]:
+    for kind in (Client, BackupClient):
+        for name in _methods(kind):
+            for p in _parameters(kind, name):
+                if p.kind is p.VAR_KEYWORD:
+                    continue
+                for i, (bad, builtin) in enumerate(_table(name, p.name)[1]):
+                    yield pytest.param(kind, name, p.name, bad, builtin,
+                                       id=f"{kind.__name__}.{name}-{p.name}-{i}")
+
+
+@pytest.mark.parametrize(("kind", "name", "param", "bad", "builtin"), list(_cases()))
+def test_a_bad_argument_raises_a_typed_error_and_sends_nothing(
+        kind: type[Client], name: str, param: str, bad: Any, builtin: type[Exception]) -> None:
+    log: list[str] = []
+    client = _client(kind, log)
+    with pytest.raises(MemringError) as caught:
+        _call(client, name, _parameters(kind, name), (param, bad))
+    assert isinstance(caught.value, builtin), (
+        f"{type(caught.value).__name__} is not a {builtin.__name__}")
+    assert log == [], f"{name} sent {log} before refusing {param}={bad!r}"
+
+
+@pytest.mark.parametrize("kind", [Client, BackupClient])
+def test_every_public_method_is_walked_and_its_valid_call_reaches_a_node(
+        kind: type[Client]) -> None:
+    """The walk's control: with only valid arguments each method runs, and sends
+    (so an empty log above means "refused first", not "the recorder is blind")."""
+    methods = _methods(kind)
+    assert {"get", "set", "get_many", "set_many", "cas", "incr", "flush_all"} <= set(methods)
+    for name in methods:
+        log: list[str] = []
+        client = _client(kind, log)
+        _call(client, name, _parameters(kind, name), None)
+        if name in NO_IO:
+            assert log == [], name
+        else:
+            assert log, f"{name} with valid arguments sent nothing"
+
+
+def test_a_key_of_the_wrong_type_is_an_invalid_key_and_a_type_error() -> None:
+    client = _client(Client, [])
+    for call in (lambda: client.get(5), lambda: client.get_many(None),
+                 lambda: client.delete_many(7), lambda: client.gets_many("one key")):
+        with pytest.raises(InvalidKeyType) as caught:
+            call()
+        assert isinstance(caught.value, TypeError)
