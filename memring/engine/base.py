@@ -152,13 +152,19 @@ class Engine:
         """Decode a raw item read from ``node``; move this process's clock past it."""
         try:
             st = decode(raw, self.clock.time())
+            if st.version > self.hlc.last:
+                self.hlc.observe(st.version)
         except ValueError as exc:
-            raise SerializationError(f"undecodable item for {kb!r} from "
-                                     f"{node.label if node else 'a node'}: {exc}",
-                                     key=kb, node=node) from None
-        if st.version > self.hlc.last:
-            self.hlc.observe(st.version)
+            raise _undecodable(kb, node, exc) from None
         return st
+
+    def observe(self, version: int, kb: bytes, node: Node | None) -> None:
+        """Move this process's clock past a version read from ``node``; a version
+        implausibly far ahead is refused as an undecodable item."""
+        try:
+            self.hlc.observe(version)
+        except ValueError as exc:
+            raise _undecodable(kb, node, exc) from None
 
     def value(self, kb: bytes, raw: tuple[bytes, int] | None, default: Any,
               node: Node | None) -> Any:
@@ -181,9 +187,8 @@ class Engine:
             if flags & _MARKED or size < 0:
                 return self.value(kb, raw, default, node)  # a tombstone, a copy, an oddity
             version = VERSION_AT(data, size)[0]
-            hlc = self.hlc
-            if version > hlc.last:
-                hlc.observe(version)
+            if version > self.hlc.last:
+                self.observe(version, kb, node)
             data = data[:size]
             flags &= USER_FLAGS
         try:
@@ -602,6 +607,11 @@ class Engine:
         self.health.after_fork()
         self.hints.after_fork()
         self.hlc._after_fork()
+
+
+def _undecodable(kb: bytes, node: Node | None, exc: Exception) -> SerializationError:
+    return SerializationError(f"undecodable item for {kb!r} from "
+                              f"{node.label if node else 'a node'}: {exc}", key=kb, node=node)
 
 
 def check_int(name: str, value: Any, low: int, high: int) -> int:

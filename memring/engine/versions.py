@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = [
-    "FLAG_COPY", "FLAG_TOMBSTONE", "FLAG_VERSIONED", "MARKER_FLAGS", "TRAILER_SIZE", "USER_FLAGS",
+    "FLAG_COPY", "FLAG_TOMBSTONE", "FLAG_VERSIONED", "MARKER_FLAGS", "MAX_AHEAD_MS", "TRAILER_SIZE", "USER_FLAGS",
     "VERSION_AT", "pack_trailer",
     "HybridClock", "Kind", "Stored", "absolute_expiry", "clock", "decode", "encode",
     "expiry_from_ttl", "newest", "relative_expiry", "tombstone", "version_ms",
@@ -67,6 +67,10 @@ _LOGICAL_BITS = 16
 #: Versions this far ahead of the wall clock are logged: another machine's
 #: clock is off, and the versions of writes made here follow it.
 _AHEAD_WARNING_MS = 5_000
+#: A version further ahead of the wall clock than this is refused: no clock is
+#: a day off, and observing it would carry every later write of this process
+#: that far into the future, where it would outrank every honest write.
+MAX_AHEAD_MS = 24 * 3600 * 1000
 
 
 def version_ms(version: int) -> int:
@@ -107,9 +111,17 @@ class HybridClock:
         return version
 
     def observe(self, version: int) -> None:
-        """Move past ``version`` (one read from a node), so later writes are newer."""
+        """Move past ``version`` (one read from a node), so later writes are newer.
+
+        Raises ``ValueError`` for a version more than :data:`MAX_AHEAD_MS`
+        ahead of this machine's clock (a corrupt or hostile item), and does
+        not move.
+        """
         if version <= self.last:
             return
+        if version_ms(version) - self.wall_ms() > MAX_AHEAD_MS:
+            raise ValueError(f"its version is {(version_ms(version) - self.wall_ms()) / 3.6e6:.0f}"
+                             " hours ahead of this machine's clock")
         with self._lock:
             if version > self.last:
                 self.last = version
