@@ -46,6 +46,8 @@ from memring.errors import (
 )
 from memring.hashring.node import Node
 from memring.protocol import COMMANDS, INCOMPLETE, BadReply, ErrorLine, MetadumpReader
+from memring.protocol.replies import FLAG_DIGITS as _FLAG_DIGITS
+from memring.protocol.replies import NUMBER_DIGITS as _NUMBER_DIGITS
 
 __all__ = ["Item", "NodeTransport", "RawSerde", "Ready", "Reply", "SocketTransport",
            "raw_serde", "translate"]
@@ -504,7 +506,8 @@ class SocketTransport:
             if (len(header) == 4 and header[0] == b"VALUE" and header[1] == key
                     and header[3].isdigit() and header[2].isdigit()
                     and len(buf) == eol + 9 + int(header[3]) and buf.endswith(b"\r\nEND\r\n")
-                    and int(header[3]) <= self._limit and int(header[2]) < 1 << 32):
+                    and int(header[3]) <= self._limit and int(header[2]) < 1 << 32
+                    and len(header[2]) <= _FLAG_DIGITS and len(header[3]) <= _NUMBER_DIGITS):
                 pool.release(conn)
                 return (buf[eol + 2:-7], int(header[2]))
             if not buf:

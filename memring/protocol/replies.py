@@ -36,6 +36,12 @@ INCOMPLETE: Final = _Incomplete()
 #: speaking the protocol.
 MAX_LINE = 2048
 
+#: The most digits a number of a reply may have: flags are 32-bit (10 digits);
+#: lengths, CAS tokens and counters 64-bit (20). memcached never pads them, so a
+#: longer number is not its.
+FLAG_DIGITS = 10
+NUMBER_DIGITS = 20
+
 Parser = Callable[[bytes, int, tuple[Any, ...], int], tuple[Any, int]]
 
 
@@ -95,14 +101,15 @@ def _split_values(buf: bytes, wanted: Container[bytes], fields: int, limit: int
             header = parts[i].split(b" ")
             data = parts[i + 1]
             if (len(header) != fields or header[0] != b"VALUE" or len(data) != int(header[3])
-                    or len(data) > limit or header[1] not in wanted or header[1] in out):
+                    or len(data) > limit or header[1] not in wanted or header[1] in out
+                    or len(header[2]) > FLAG_DIGITS or len(header[3]) > NUMBER_DIGITS):
                 return None
             flags = 0 if header[2] == b"0" else int(header[2])
             if flags >> 32 or flags < 0:
                 return None
             if fields == 4:
                 out[header[1]] = (data, flags)
-            elif header[4].isdigit():
+            elif header[4].isdigit() and len(header[4]) <= NUMBER_DIGITS:
                 out[header[1]] = ((data, flags), header[4])
             else:
                 return None
@@ -124,7 +131,9 @@ def _scan_values(buf: bytes, pos: int, wanted: Container[bytes], fields: int, li
         if buf.startswith(b"VALUE ", pos):
             header = buf[pos:eol].split(b" ")
             if (len(header) != fields or not header[2].isdigit() or not header[3].isdigit()
-                    or (fields == 5 and not header[4].isdigit())):
+                    or len(header[2]) > FLAG_DIGITS or len(header[3]) > NUMBER_DIGITS
+                    or (fields == 5 and not (header[4].isdigit()
+                                             and len(header[4]) <= NUMBER_DIGITS))):
                 raise BadReply(f"malformed value header {buf[pos:eol][:80]!r}")
             size = int(header[3])
             if size > limit:
@@ -181,6 +190,7 @@ def parse_item(buf: bytes, start: int, args: tuple[Any, ...], limit: int) -> tup
         header = buf[:eol].split(b" ")
         if (len(header) == 4 and header[0] == b"VALUE" and header[1] == key
                 and header[3].isdigit() and header[2].isdigit() and int(header[3]) <= limit
+                and len(header[2]) <= FLAG_DIGITS and len(header[3]) <= NUMBER_DIGITS
                 and len(buf) == eol + 9 + int(header[3]) and buf.endswith(b"\r\nEND\r\n")
                 and int(header[2]) < 1 << 32):
             return (buf[eol + 2:-7], int(header[2])), len(buf)
@@ -219,7 +229,9 @@ def parse_meta(buf: bytes, start: int, args: tuple[Any, ...], limit: int) -> tup
             key = fields[b"k"]
         except (KeyError, ValueError):
             raise BadReply(f"malformed meta reply {buf[pos:eol][:80]!r}") from None
-        if size < 0 or size > limit or not 0 <= flags < 1 << 32 or not cas.isdigit():
+        if (size < 0 or size > limit or not 0 <= flags < 1 << 32 or not cas.isdigit()
+                or max(len(tokens[0]), len(fields[b"f"]), len(fields[b"t"]), len(cas))
+                > NUMBER_DIGITS):
             raise BadReply(f"malformed meta reply {buf[pos:eol][:80]!r}")
         if key != asked:
             raise BadReply(f"a meta reply for {key[:80]!r}; {asked[:80]!r} was asked")

@@ -300,3 +300,27 @@ def test_a_protocol_error_is_a_node_failure() -> None:
     assert issubclass(ProtocolError, Exception)
     from memring import NodeUnavailable
     assert issubclass(ProtocolError, NodeUnavailable)
+
+
+@pytest.mark.parametrize("reply", [
+    b"VALUE k " + b"0" * 11 + b" 1\r\nx\r\nEND\r\n",            # flags of 11 digits
+    b"VALUE k 0 " + b"0" * 20 + b"1\r\nx\r\nEND\r\n",           # a length of 21 digits
+])
+def test_overlong_numbers_are_refused(reply: bytes) -> None:
+    from memring.protocol.replies import BadReply, parse_item, parse_values
+
+    for parse, args in ((parse_item, (b"k",)), (parse_values(4), ([b"k"],))):
+        with pytest.raises(BadReply):
+            parse(reply, 0, args, 1 << 20)
+
+
+def test_an_overlong_cas_token_is_refused() -> None:
+    from memring.protocol.replies import BadReply, parse_meta, parse_values
+
+    with pytest.raises(BadReply):
+        parse_values(5)(b"VALUE k 0 1 " + b"9" * 21 + b"\r\nx\r\nEND\r\n", 0, ([b"k"],), 1 << 20)
+    with pytest.raises(BadReply):
+        parse_meta(b"VA 1 f0 t-1 c" + b"9" * 21 + b" kk\r\nx\r\n", 0, ([b"k"],), 1 << 20)
+    got, _ = parse_meta(b"VA 1 f0 t-1 c" + b"9" * 20 + b" k" + b"k" * 200 + b"\r\nx\r\n", 0,
+                        ([b"k" * 200],), 1 << 20)
+    assert got[b"k" * 200][1] == b"9" * 20  # a long key is fine: only numbers are bounded

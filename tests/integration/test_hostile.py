@@ -1,0 +1,268 @@
+"""Every misbehaving server costs one bounded call: in time, in memory, in correctness.
+
+For each behaviour of :mod:`tests.netfaults.behaviours` (the survey's list
+and more: wrong CAS tokens, overlong numbers, huge lines, stray replies,
+versions from the far future, ...), one hostile fake node joins the real
+memcached nodes of the shared ``cluster``. A :class:`~memring.Client` and a
+:class:`~memring.BackupClient` (timeouts 0.2 s + 0.2 s) make ``get``,
+``set`` and ``get_many`` calls that involve it, each twice on a fresh
+client (the second call finds the node as the first left it), and every call must:
+
+* return, or raise a :class:`~memring.MemringError`, within connect + read
+  timeout plus scheduling slack (:data:`BOUND`);
+* grow the traced heap by less than a few item sizes at its peak
+  (:data:`MEMORY_BOUND`), and keep less than one item size once it is over;
+* return only the key's own value (old or new) or a miss, never another
+  key's, for the hostile node's keys and the others alike;
+* serve the healthy nodes' keys in the same ``get_many``.
+
+Then the healthy nodes' keys must still be read and written right.
+Run with ``-s`` for the slowest call and the largest peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import tests.netfaults.server as hostile_server
+from memring import (
+    BackupClient,
+    Client,
+    HealthPolicy,
+    MemringError,
+    MultiKeyError,
+    SerializationError,
+    Timeouts,
+)
+from memring.engine.versions import FLAG_VERSIONED, pack_trailer
+from memring.tools.local import LocalCluster
+from tests.netfaults import HostileServer, behaviours
+from tests.netfaults.behaviours import FETCH_COMMANDS, MUTE, Behaviour, Reply, Stream
+from tests.netfaults.protocol import Request
+from tests.netfaults.survey import CASES, SERVER_CASES
+
+pytestmark = pytest.mark.integration
+
+TIMEOUTS = Timeouts(connect=0.2, read=0.2)
+#: A call's deadline is connect + read; the rest is slack for a loaded machine.
+BOUND = TIMEOUTS.connect + TIMEOUTS.read + 1.0
+ITEM = 1024 * 1024  # the default item size limit
+MEMORY_BOUND = 3 * ITEM
+HEALTH = HealthPolicy(backoff_initial=0.1, backoff_max=0.5)
+#: Keys per node kind in each call.
+KEYS = 3
+
+
+def _values_reply(name: str, hostile: Callable[[Request], Reply]) -> Behaviour:
+    def reply(req: Request) -> Reply:
+        return hostile(req) if req.command in FETCH_COMMANDS else req.honest()
+
+    return Behaviour(name, reply)
+
+
+def _with_cas(token: bytes) -> Behaviour:
+    """Honest values, but ``gets``/``mg`` replies carry ``token`` as their CAS."""
+
+    def hostile(req: Request) -> Reply:
+        data = req.honest()
+        if req.command in ("gets", "gats"):
+            lines = data.split(b"\r\n")
+            lines = [b" ".join([*ln.split(b" ")[:4], token]) if ln.startswith(b"VALUE ")
+                     else ln for ln in lines]
+            return b"\r\n".join(lines)
+        if req.command == "mg":
+            return b"\r\n".join(ln.replace(b" c", b" c" + token + b"x", 1)
+                                if ln.startswith(b"VA ") else ln for ln in data.split(b"\r\n"))
+        return data
+
+    return _values_reply(f"cas({token[:10]!r})", hostile)
+
+
+def _future_version() -> Behaviour:
+    """Every key found, holding a memring value whose version is a century ahead."""
+    version = (int(time.time() * 1000) + 100 * 365 * 86400 * 1000) << 16
+
+    def hostile(req: Request) -> Reply:
+        data = b'"from the future"' + pack_trailer(version, 0)
+        flags = 32 | FLAG_VERSIONED
+        keys = req.keys or (b"key",)
+        if req.command == "mg":
+            return b"".join(b"VA %d f%d t-1 c1 k%s\r\n%s\r\n" % (len(data), flags, k, data)
+                            for k in keys)
+        cas = b" 1" if req.command in ("gets", "gats") else b""
+        return b"".join(b"VALUE %s %d %d%s\r\n%s\r\n" % (k, flags, len(data), cas, data)
+                        for k in keys) + b"END\r\n"
+
+    return _values_reply("future version", hostile)
+
+
+def _endless_line() -> Behaviour:
+    """A reply line that never ends: bytes without a line end, as fast as they are read."""
+    return Behaviour("endless line",
+                     lambda req: [Stream(itertools.repeat(b"A" * 4096)), MUTE])
+
+
+#: Behaviours beyond the survey's.
+EXTRA: dict[str, Callable[[], Behaviour]] = {
+    "cas token abc": lambda: _with_cas(b"abc"),
+    "cas token of 40 digits": lambda: _with_cas(b"9" * 40),
+    "length of 1000 digits": lambda: behaviours.negative_or_bad_length(b"0" * 999 + b"5"),
+    "flags of 1000 digits": lambda: behaviours.negative_or_bad_length(b"5", b"0" * 1000),
+    "length 2**64": lambda: behaviours.huge_value_header(2**64),
+    "one byte past the item limit": lambda: behaviours.huge_value_header(ITEM + 1,
+                                                                          rate=50_000_000),
+    "1 MiB without a line end": lambda: behaviours.canned(b"\xfe" * (1 << 20), then="hold"),
+    "a 1 MiB line": lambda: behaviours.canned(b"\xfe" * (1 << 20) + b"\r\n"),
+    "endless line": _endless_line,
+    "garbage then half close": lambda: behaviours.garbage(then="half_close"),
+    "half reply then reset": lambda: behaviours.half_reply_then_close(then="reset"),
+    "reply twice 50ms apart": lambda: behaviours.extra_reply(None, gap=0.05),
+    "NOT_STORED to everything": lambda: behaviours.canned(b"NOT_STORED\r\n"),
+    "a number to everything": lambda: behaviours.canned(b"12345\r\n"),
+    "flags -1": lambda: behaviours.negative_or_bad_length(b"5", b"-1"),
+    "future version": _future_version,
+    "split at every 1 byte": lambda: behaviours.drip(0.0005),
+    "delayed(0.1)": lambda: behaviours.delayed(0.1),
+}
+
+ALL = {**CASES, **EXTRA}
+NAMES = [*ALL, *SERVER_CASES]
+
+#: The slowest call and the largest peak seen, for the summary (-s).
+MEASURED = {"slowest": (0.0, ""), "peak": (0, ""), "calls": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary() -> Iterator[None]:
+    """The fake server keeps only a little of what it sends (its records would count as
+    the client's memory); the slowest call and the largest peak are printed at the end."""
+    limit = hostile_server.RECORD_LIMIT
+    hostile_server.RECORD_LIMIT = 4096
+    try:
+        yield
+    finally:
+        hostile_server.RECORD_LIMIT = limit
+        print(f"\n{MEASURED['calls']} calls; slowest {MEASURED['slowest'][0]:.3f} s "
+              f"({MEASURED['slowest'][1]}); largest peak {MEASURED['peak'][0] / 1e6:.2f} MB "
+              f"({MEASURED['peak'][1]})")
+
+
+def _keys(client: Client, hostile: Any, ns: str) -> tuple[list[str], list[str]]:
+    """Keys the hostile node holds (as home or copy), and keys it holds no copy of."""
+    on, off = [], []
+    for i in itertools.count():
+        key = f"{ns}:{i}"
+        holders = (client.owners(key) if isinstance(client, BackupClient)
+                   else [client.ring.node_for(key)])
+        (on if hostile in holders else off).append(key)
+        if len(on) >= KEYS and len(off) >= KEYS:
+            return on[:KEYS], off[:KEYS]
+
+
+class Watch:
+    """Runs calls and checks each one's time, memory and answer."""
+
+    def __init__(self, case: str) -> None:
+        self.case = case
+
+    def call(self, what: str, fn: Callable[[], Any]) -> tuple[Any, MemringError | None]:
+        # Traced during the call only: what it allocates (and what the fake server's
+        # threads do meanwhile, a little), not the test's own bookkeeping.
+        tracemalloc.start()
+        start = time.monotonic()
+        error: MemringError | None = None
+        result: Any = None
+        try:
+            result = fn()
+        except MemringError as exc:  # anything else fails the test
+            error = exc
+        finally:
+            seconds = time.monotonic() - start
+            current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        before = 0
+        label = f"{self.case} {what}"
+        MEASURED["calls"] = int(MEASURED["calls"]) + 1  # type: ignore[call-overload]
+        if seconds > MEASURED["slowest"][0]:  # type: ignore[index]
+            MEASURED["slowest"] = (seconds, label)
+        if peak - before > MEASURED["peak"][0]:  # type: ignore[index]
+            MEASURED["peak"] = (peak - before, label)
+        assert seconds < BOUND, f"{label} took {seconds:.2f} s (bound {BOUND} s): {error!r}"
+        assert peak - before < MEMORY_BOUND, f"{label}: peak +{(peak - before) / 1e6:.1f} MB"
+        assert current - before < ITEM, f"{label}: kept +{(current - before) / 1e6:.1f} MB"
+        return result, error
+
+
+def _own(allowed: dict[str, set[Any]], key: str, value: Any, label: str) -> None:
+    assert value in allowed[key] | {None}, f"{label}: {key} read {value!r}"
+
+
+@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("case", NAMES)
+def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, case: str,
+                                               kind: type[Client]) -> None:
+    server = HostileServer()
+    clients: list[Client] = []
+
+    def make() -> Client:
+        c = kind([*cluster.servers, server.server], timeouts=TIMEOUTS, health=HEALTH)
+        clients.append(c)
+        return c
+
+    try:
+        setup = make()
+        on, off = _keys(setup, server.node, ns)
+        allowed = {k: {f"{k}=old"} for k in on + off}
+        assert setup.set_many({k: f"{k}=old" for k in on + off}) == []
+        if case in SERVER_CASES:
+            SERVER_CASES[case](server)
+        else:
+            server.behave(ALL[case]())
+        watch = Watch(f"{kind.__name__} {case}")
+
+        c = make()
+        for _ in range(2):
+            got, error = watch.call("get", lambda c=c: c.get(on[0]))
+            _own(allowed, on[0], got, case)
+            if isinstance(error, SerializationError):
+                assert error.node == server.node, f"{case}: {error!r} names {error.node}"
+
+        c = make()
+        new = f"{on[1]}=new"
+        allowed[on[1]].add(new)
+        for _ in range(2):
+            watch.call("set", lambda c=c: c.set(on[1], new))
+
+        c = make()
+        for _ in range(2):
+            got, error = watch.call("get_many", lambda c=c: c.get_many(on + off))
+            if isinstance(error, MultiKeyError):
+                got = error.results
+                for key, exc in error.failed.items():
+                    assert key in on, f"{case}: a healthy key failed: {key}: {exc!r}"
+            elif error is not None:
+                raise AssertionError(f"{case}: get_many raised {error!r}")
+            for key, value in got.items():
+                _own(allowed, key, value, case)
+            for key in off:
+                assert got.get(key) == f"{key}=old", f"{case}: {key} not served"
+
+        # The healthy nodes go on serving, through the same kind of client.
+        c = clients[-1]
+        for key in off:
+            assert c.get(key) == f"{key}=old"
+        assert c.set(off[0], "after") is True
+        assert c.get(off[0]) == "after"
+        assert c.get_many(off) == {off[0]: "after", **{k: f"{k}=old" for k in off[1:]}}
+    finally:
+        with contextlib.suppress(Exception):  # a behaviour's own error is not the client's
+            server.close()  # first: a probe waiting on it ends now
+        for c in clients:
+            c.close()
