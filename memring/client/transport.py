@@ -468,6 +468,8 @@ class SocketTransport:
         deadline = time.monotonic() + self.read_timeout
         try:
             self._send(sock, request, deadline)
+            if len(request) > _SEND_AT_ONCE:  # sending took time: the reply gets what is left
+                _wait_readable(sock, deadline)
             first = sock.recv(READ_SIZE)
             if not first and not fresh:
                 raise _Stale()

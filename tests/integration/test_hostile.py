@@ -266,3 +266,28 @@ def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, c
             server.close()  # first: a probe waiting on it ends now
         for c in clients:
             c.close()
+
+
+def test_a_slow_large_request_leaves_its_reply_only_the_time_left() -> None:
+    """The deadline counts from the call's start: a request that took most of it to
+    send (a slow network, a full window) leaves its reply only what is left."""
+    from memring.client.transport import SocketTransport
+
+    read = 0.5
+    with HostileServer(behaviours.silent()) as server:
+        transport = SocketTransport(server.node, timeouts=Timeouts(connect=0.5, read=read),
+                                    max_item_size=ITEM)
+        slow_send = transport._send
+
+        def send(sock: Any, request: bytes, deadline: float) -> None:
+            time.sleep(0.9 * read)  # most of the call's time goes to writing
+            slow_send(sock, request, deadline)
+
+        transport._send = send  # type: ignore[method-assign]
+        start = time.monotonic()
+        with pytest.raises(MemringError):
+            transport.set(b"big", (b"x" * 200_000, 0), 0)
+        took = time.monotonic() - start
+        transport.close()
+    # The deadline (0.5 s) plus slack, well short of sending time + a whole read timeout.
+    assert took < 0.9 * read + 0.8 * read, f"{took:.2f} s"
