@@ -291,3 +291,55 @@ def test_a_slow_large_request_leaves_its_reply_only_the_time_left() -> None:
         transport.close()
     # The deadline (0.5 s) plus slack, well short of sending time + a whole read timeout.
     assert took < 0.9 * read + 0.8 * read, f"{took:.2f} s"
+
+
+@pytest.fixture
+def many_descriptors() -> Iterator[int]:
+    """More than 1,024 descriptors open (the soft limit raised if needed): a socket the
+    client opens now has a number select() cannot take."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1500
+    if soft < want + 200:
+        if hard != resource.RLIM_INFINITY and hard < want + 200:
+            pytest.fail(f"the hard limit on open files ({hard}) is below {want + 200}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want + 200, hard))
+    opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(want)]
+    try:
+        assert max(opened) > 1024
+        yield max(opened)
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_past_1024_descriptors_a_hung_node_costs_one_bounded_call(
+        cluster: LocalCluster, ns: str, many_descriptors: int) -> None:
+    with HostileServer(behaviours.silent()) as server:
+        servers = [*cluster.servers, server.server]
+        single = Client(servers, timeouts=TIMEOUTS, health=HEALTH)
+        backup = BackupClient(servers, timeouts=TIMEOUTS, health=HEALTH)
+        try:
+            on, off = _keys(backup, server.node, ns)
+            keys = [*on, *off]
+            assert single.set_many({k: f"{k}=v" for k in off}) == []
+            watch = Watch("past 1024 descriptors")
+            got, error = watch.call("get_many", lambda: single.get_many(keys))
+            if isinstance(error, MultiKeyError):
+                got = error.results
+            else:
+                assert error is None, repr(error)
+            assert {k: got.get(k) for k in off} == {k: f"{k}=v" for k in off}
+            # A write whose pair holds the hung node: acknowledged by the other and a stand-in.
+            ok, error = watch.call("BackupClient.set", lambda: backup.set(on[0], "written"))
+            assert error is None and ok is True, repr(error)
+            assert backup.get(on[0]) == "written"
+            socks = [t._pool.free for t in single._transports.values()]
+            assert any(c.sock.fileno() > 1024 for pool in socks for c in pool if c.sock)
+        finally:
+            server.close()
+            single.close()
+            backup.close()
