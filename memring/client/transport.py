@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import select
 import socket
 import ssl
@@ -51,6 +52,8 @@ from memring.protocol.replies import NUMBER_DIGITS as _NUMBER_DIGITS
 
 __all__ = ["Item", "NodeTransport", "RawSerde", "Ready", "Reply", "SocketTransport",
            "raw_serde", "translate"]
+
+log = logging.getLogger("memring")
 
 #: A raw stored value: the bytes and the 32-bit flags.
 Item = tuple[bytes, int]
@@ -269,6 +272,24 @@ def _key_of(args: tuple[Any, ...]) -> object:
     return first if isinstance(first, (bytes, list, tuple)) else None
 
 
+#: Seconds a pooled connection may sit idle before it is checked for unasked bytes.
+STRAY_CHECK_AFTER = 0.001
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+def _unasked_bytes(sock: socket.socket | None) -> bool:
+    """Has the server sent bytes on this idle connection? (Not a close: a connection
+    the server closed is found on use, and tells the client it may have restarted.)"""
+    if sock is None or isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        return bool(sock.recv(1, _PEEK))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset: the call finds it so
+        return False
+
+
 class ConnectionPool:
     """One node's connections: the idle ones on a stack, taken and given back without a lock.
 
@@ -278,6 +299,13 @@ class ConnectionPool:
     ``max_size`` (every connection, idle or in use). The most recently used
     connection is reused first, so idle ones age out under
     ``idle_timeout`` (seconds; 0: never).
+
+    A connection idle for more than :data:`STRAY_CHECK_AFTER` is looked at
+    (one non-blocking peek) before it is reused: bytes its server sent
+    while nobody asked would be read as the next call's reply, so such a
+    connection is closed instead. Calls back to back, on a busy
+    connection, skip the look; a stray reply that arrives with the reply
+    before it is refused by the parser ("bytes after the reply").
     """
 
     __slots__ = ("_all", "_idle_timeout", "_lock", "_make", "closed", "free", "max_size")
@@ -303,10 +331,15 @@ class ConnectionPool:
                 conn = self.free.pop()
             except IndexError:
                 break
-            if not self._idle_timeout or (
-                    time.monotonic() - conn._memring_idle < self._idle_timeout):
+            idle = time.monotonic() - conn._memring_idle
+            if self._idle_timeout and idle >= self._idle_timeout:
+                self.destroy(conn)
+            elif idle > STRAY_CHECK_AFTER and _unasked_bytes(conn.sock):
+                log.warning("a node sent bytes nobody asked for on an idle connection: "
+                            "it is closed")
+                self.destroy(conn)
+            else:
                 return conn
-            self.destroy(conn)
         with self._lock:
             if len(self._all) >= self.max_size:
                 raise RuntimeError(f"Too many connections, {len(self._all)} >= {self.max_size}")
@@ -319,8 +352,7 @@ class ConnectionPool:
         if self.closed:
             self.destroy(conn)
             return
-        if self._idle_timeout:
-            conn._memring_idle = time.monotonic()
+        conn._memring_idle = time.monotonic()
         self.free.append(conn)
 
     def destroy(self, conn: Client) -> None:

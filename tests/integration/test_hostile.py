@@ -343,3 +343,28 @@ def test_past_1024_descriptors_a_hung_node_costs_one_bounded_call(
             server.close()
             single.close()
             backup.close()
+
+
+@pytest.mark.parametrize("kind", [Client, BackupClient])
+def test_a_stray_reply_on_an_idle_connection_is_never_read_as_the_next_one(
+        cluster: LocalCluster, ns: str, kind: type[Client]) -> None:
+    """A node that answers a get twice, the second time 50 ms later: the copy lands on
+    a connection back in the pool. The next get on it must not return that old value
+    after another client wrote a new one."""
+    with HostileServer() as server:
+        servers = [*cluster.servers, server.server]
+        reader = kind(servers, timeouts=TIMEOUTS, health=HEALTH)
+        writer = kind(servers, timeouts=TIMEOUTS, health=HEALTH)
+        try:
+            key = _keys(reader, server.node, ns)[0][0]
+            assert writer.set(key, "old") is True
+            server.behave(behaviours.extra_reply(None, gap=0.05), "get", "gets", "mg")
+            assert reader.get(key) == "old"
+            time.sleep(0.3)  # the stray copy is in the reader's idle connection now
+            server.behave(None, "get", "gets", "mg")
+            assert writer.set(key, "new") is True
+            assert reader.get(key) == "new"
+        finally:
+            server.close()
+            reader.close()
+            writer.close()
