@@ -247,6 +247,8 @@ def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, c
                 got = error.results
                 for key, exc in error.failed.items():
                     assert key in on, f"{case}: a healthy key failed: {key}: {exc!r}"
+                    if isinstance(exc, SerializationError):
+                        assert exc.node == server.node, f"{case}: {exc!r} names {exc.node}"
             elif error is not None:
                 raise AssertionError(f"{case}: get_many raised {error!r}")
             for key, value in got.items():
