@@ -36,8 +36,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = [
-    "FLAG_COPY", "FLAG_TOMBSTONE", "FLAG_VERSIONED", "MARKER_FLAGS", "MAX_AHEAD_MS", "TRAILER_SIZE", "USER_FLAGS",
-    "VERSION_AT", "pack_trailer",
+    "FLAG_COPY", "FLAG_TOMBSTONE", "FLAG_VERSIONED", "MARKER_FLAGS", "MAX_AHEAD_MS",
+    "TRAILER_SIZE", "USER_FLAGS", "VERSION_AT", "pack_trailer",
     "HybridClock", "Kind", "Stored", "absolute_expiry", "clock", "decode", "encode",
     "expiry_from_ttl", "newest", "relative_expiry", "tombstone", "version_ms",
 ]

@@ -27,6 +27,7 @@ import itertools
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -135,8 +136,16 @@ EXTRA: dict[str, Callable[[], Behaviour]] = {
 ALL = {**CASES, **EXTRA}
 NAMES = [*ALL, *SERVER_CASES]
 
-#: The slowest call and the largest peak seen, for the summary (-s).
-MEASURED = {"slowest": (0.0, ""), "peak": (0, ""), "calls": 0}
+@dataclass
+class Measured:
+    """The slowest call and the largest peak seen, for the summary (-s)."""
+
+    calls: int = 0
+    slowest: tuple[float, str] = (0.0, "")
+    peak: tuple[int, str] = (0, "")
+
+
+MEASURED = Measured()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -149,21 +158,23 @@ def summary() -> Iterator[None]:
         yield
     finally:
         hostile_server.RECORD_LIMIT = limit
-        print(f"\n{MEASURED['calls']} calls; slowest {MEASURED['slowest'][0]:.3f} s "
-              f"({MEASURED['slowest'][1]}); largest peak {MEASURED['peak'][0] / 1e6:.2f} MB "
-              f"({MEASURED['peak'][1]})")
+        m = MEASURED
+        print(f"\n{m.calls} calls; slowest {m.slowest[0]:.3f} s ({m.slowest[1]}); "
+              f"largest peak {m.peak[0] / 1e6:.2f} MB ({m.peak[1]})")
 
 
 def _keys(client: Client, hostile: Any, ns: str) -> tuple[list[str], list[str]]:
     """Keys the hostile node holds (as home or copy), and keys it holds no copy of."""
-    on, off = [], []
-    for i in itertools.count():
+    on: list[str] = []
+    off: list[str] = []
+    i = 0
+    while len(on) < KEYS or len(off) < KEYS:
         key = f"{ns}:{i}"
         holders = (client.owners(key) if isinstance(client, BackupClient)
                    else [client.ring.node_for(key)])
         (on if hostile in holders else off).append(key)
-        if len(on) >= KEYS and len(off) >= KEYS:
-            return on[:KEYS], off[:KEYS]
+        i += 1
+    return on[:KEYS], off[:KEYS]
 
 
 class Watch:
@@ -187,16 +198,13 @@ class Watch:
             seconds = time.monotonic() - start
             current, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-        before = 0
         label = f"{self.case} {what}"
-        MEASURED["calls"] = int(MEASURED["calls"]) + 1  # type: ignore[call-overload]
-        if seconds > MEASURED["slowest"][0]:  # type: ignore[index]
-            MEASURED["slowest"] = (seconds, label)
-        if peak - before > MEASURED["peak"][0]:  # type: ignore[index]
-            MEASURED["peak"] = (peak - before, label)
+        MEASURED.calls += 1
+        MEASURED.slowest = max(MEASURED.slowest, (seconds, label))
+        MEASURED.peak = max(MEASURED.peak, (peak, label))
         assert seconds < BOUND, f"{label} took {seconds:.2f} s (bound {BOUND} s): {error!r}"
-        assert peak - before < MEMORY_BOUND, f"{label}: peak +{(peak - before) / 1e6:.1f} MB"
-        assert current - before < ITEM, f"{label}: kept +{(current - before) / 1e6:.1f} MB"
+        assert peak < MEMORY_BOUND, f"{label}: peak +{peak / 1e6:.1f} MB"
+        assert current < ITEM, f"{label}: kept +{current / 1e6:.1f} MB"
         return result, error
 
 
@@ -229,7 +237,7 @@ def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, c
 
         c = make()
         for _ in range(2):
-            got, error = watch.call("get", lambda c=c: c.get(on[0]))
+            got, error = watch.call("get", lambda: c.get(on[0]))
             _own(allowed, on[0], got, case)
             if isinstance(error, SerializationError):
                 assert error.node == server.node, f"{case}: {error!r} names {error.node}"
@@ -238,11 +246,11 @@ def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, c
         new = f"{on[1]}=new"
         allowed[on[1]].add(new)
         for _ in range(2):
-            watch.call("set", lambda c=c: c.set(on[1], new))
+            watch.call("set", lambda: c.set(on[1], new))
 
         c = make()
         for _ in range(2):
-            got, error = watch.call("get_many", lambda c=c: c.get_many(on + off))
+            got, error = watch.call("get_many", lambda: c.get_many(on + off))
             if isinstance(error, MultiKeyError):
                 got = error.results
                 for key, exc in error.failed.items():

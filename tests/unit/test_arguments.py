@@ -165,9 +165,9 @@ def test_every_public_method_is_walked_and_its_valid_call_reaches_a_node(
 
 
 def test_a_key_of_the_wrong_type_is_an_invalid_key_and_a_type_error() -> None:
-    client = _client(Client, [])
-    for call in (lambda: client.get(5), lambda: client.get_many(None),
-                 lambda: client.delete_many(7), lambda: client.gets_many("one key")):
+    client: Any = _client(Client, [])  # wrong types on purpose
+    for name, arg in (("get", 5), ("get_many", None), ("delete_many", 7),
+                      ("gets_many", "one key")):
         with pytest.raises(InvalidKeyType) as caught:
-            call()
+            getattr(client, name)(arg)
         assert isinstance(caught.value, TypeError)
