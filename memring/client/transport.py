@@ -529,6 +529,7 @@ class SocketTransport:
             pool.release(conn)
             fresh: Item | None = self._call("get", (key,), True)  # connects it
             return fresh
+        start = time.monotonic()  # vDSO: no system call
         try:
             sock.sendall(b"get %s\r\n" % key)
             buf = sock.recv(READ_SIZE)
@@ -547,7 +548,7 @@ class SocketTransport:
             if not buf:
                 raise _Stale()
             item: Item | None = self.read_reply(sock, COMMANDS["get"].parse, (key,), buf,
-                                                 time.monotonic() + self.read_timeout)
+                                                 start + self.read_timeout)
         except Exception as exc:
             pool.destroy(conn)
             if _is_stale(exc):
@@ -568,8 +569,10 @@ class SocketTransport:
         if sock is None or len(data) > _SEND_AT_ONCE:
             pool.release(conn)
             return bool(self._call("set", (key, item, expire), True))
+        start = time.monotonic()
         try:
-            sock.sendall(b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data))
+            self._send(sock, b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data),
+                       start + self.read_timeout)
             buf = sock.recv(READ_SIZE)
             if buf == b"STORED\r\n":
                 pool.release(conn)
@@ -577,7 +580,7 @@ class SocketTransport:
             if not buf:
                 raise _Stale()
             ok = self.read_reply(sock, COMMANDS["set"].parse, (key, item, expire), buf,
-                                 time.monotonic() + self.read_timeout)
+                                 start + self.read_timeout)
         except Exception as exc:
             pool.destroy(conn)
             if _is_stale(exc):
@@ -609,10 +612,14 @@ class SocketTransport:
 
     # -- bytes on the wire ---------------------------------------------------
     def _send(self, sock: socket.socket, request: bytes, deadline: float) -> None:
-        if len(request) <= _SEND_AT_ONCE:
-            sock.sendall(request)
-            return
+        """Write ``request`` by ``deadline``: one ``send`` if it fits the kernel's buffer
+        (the usual case), else in parts, each bounded by the time left."""
         view = memoryview(request)
+        if len(request) <= _SEND_AT_ONCE:
+            sent = sock.send(request)
+            if sent == len(request):
+                return
+            view = view[sent:]  # a peer that reads slowly: the rest as a large request
         try:
             while view:
                 self._limit_wait(sock, deadline, socket.SO_SNDTIMEO)

@@ -378,3 +378,29 @@ def test_a_stray_reply_on_an_idle_connection_is_never_read_as_the_next_one(
             server.close()
             reader.close()
             writer.close()
+
+
+@pytest.mark.parametrize("op", ["get", "set"])
+def test_a_late_first_byte_then_a_drip_ends_at_the_read_timeout(op: str) -> None:
+    """The fast paths' deadline counts from the request, not from the first byte."""
+    from tests.netfaults.behaviours import Send, Sleep
+
+    read = 0.5
+    late = Behaviour("late drip", lambda req: [Sleep(0.8 * read),
+                                               Send(req.honest(), chunk=1, interval=0.05)])
+    with HostileServer() as server:
+        client = Client([server.server], timeouts=Timeouts(connect=0.5, read=read),
+                        failover="fail")
+        try:
+            assert client.set("k", "v") is True  # a pooled connection: the fast path's
+            server.behave(late)
+            start = time.monotonic()
+            with pytest.raises(MemringError):
+                client.get("k") if op == "get" else client.set("k", "v")
+            took = time.monotonic() - start
+        finally:
+            server.close()
+            client.close()
+    # The read timeout plus slack; a deadline counted from the first byte would give
+    # 0.8 + 1.0 read timeouts.
+    assert took < 1.5 * read, f"{took:.2f} s"
