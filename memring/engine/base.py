@@ -91,10 +91,14 @@ class Engine:
         self.plen = len(self.prefix)
         self.serde = settings.serde
         self.max_item_size = settings.max_item_size
+        from memring.errors import ConfigError
+
+        if not isinstance(servers, (str, Iterable)):
+            raise ConfigError(f"servers must be a list of server specs or a comma-separated "
+                              f"string, got {type(servers).__name__}")
         self.ring = HashRing(servers.split(",") if isinstance(servers, str) else servers,
                              hash=settings.hash, vnodes=settings.vnodes)
         if not len(self.ring):
-            from memring.errors import ConfigError
             raise ConfigError("at least one server is needed")
         verify = settings.failover.verify_reads
         self.verify_reads = self.VERIFY_READS if verify is None else verify

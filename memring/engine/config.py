@@ -16,7 +16,7 @@ from memring.engine.health import Clock, SystemClock
 from memring.engine.keys import encode_key
 from memring.engine.policies import Failover, HealthPolicy, Timeouts
 from memring.engine.serde import Serde, safe_serde
-from memring.errors import ConfigError
+from memring.errors import ConfigError, InvalidKey
 from memring.hashring import DEFAULT_VNODES
 
 __all__ = ["Settings", "resolve"]
@@ -95,7 +95,10 @@ def resolve(
     if not isinstance(key_prefix, bytes):
         raise ConfigError("key_prefix must be str or bytes")
     if key_prefix:
-        encode_key(key_prefix)  # the prefix alone must be a valid key
+        try:
+            encode_key(key_prefix)  # the prefix alone must be a valid key
+        except InvalidKey as exc:
+            raise ConfigError(f"key_prefix: {exc}") from None
     if isinstance(max_item_size, bool) or not isinstance(max_item_size, int) or (
             max_item_size <= defaults.ITEM_OVERHEAD):
         raise ConfigError(f"max_item_size must be an int > {defaults.ITEM_OVERHEAD}")

@@ -171,3 +171,28 @@ def test_a_key_of_the_wrong_type_is_an_invalid_key_and_a_type_error() -> None:
         with pytest.raises(InvalidKeyType) as caught:
             getattr(client, name)(arg)
         assert isinstance(caught.value, TypeError)
+
+
+#: Constructor arguments of a wrong type or range: each a ConfigError (a ValueError).
+BAD_OPTIONS: list[dict[str, Any]] = [
+    {"servers": 5}, {"servers": None}, {"servers": [5]}, {"servers": ["host:x"]},
+    {"servers": []}, {"timeouts": "x"}, {"health": 5}, {"failover": 5}, {"failover": "x"},
+    {"max_item_size": "1"}, {"vnodes": -1}, {"vnodes": "x"}, {"key_prefix": 5},
+    {"key_prefix": "a b"}, {"hash": "nope"}, {"max_pool_size": "x"}, {"serde": 5},
+    {"tls_context": 5},
+]
+
+
+@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("options", BAD_OPTIONS, ids=lambda o: "-".join(map(str, o.items())))
+def test_a_bad_constructor_argument_is_a_config_error(kind: type[Client],
+                                                      options: dict[str, Any]) -> None:
+    from memring import ConfigError
+
+    options = dict(options)
+    servers = options.pop("servers", ["10.0.0.1:11211"])
+    made: list[Any] = []
+    with pytest.raises(ConfigError) as caught:
+        kind(servers, _background=False, _transport_factory=made.append, **options)
+    assert isinstance(caught.value, ValueError)
+    assert made == []  # no connection was even set up
