@@ -46,6 +46,12 @@ PARAMETERS: dict[str, tuple[Any, list[tuple[Any, type[Exception]]]]] = {
     "timeout": (1.0, [("x", TypeError), (None, TypeError), (-1, ValueError),
                       (float("nan"), ValueError), (float("inf"), ValueError)]),
     "args": ((), [((5,), TypeError), (("a b",), ValueError), (("",), ValueError)]),
+    # pymemcache's extra methods (cache_memlimit, raw_command, shutdown, check_key).
+    "memlimit": (64, [("x", TypeError), (1.5, TypeError), (0, ValueError)]),
+    "command": ("version", [("", ValueError), ("version\r\nflush_all", ValueError)]),
+    "end_tokens": ("\r\n", [("", ValueError)]),
+    "graceful": (False, [("yes", TypeError), (1, TypeError)]),
+    "key_prefix": (None, [(5, TypeError)]),
     # Any value is a valid default: nothing to refuse.
     "default": (None, []),
     "cas_default": (None, []),
@@ -57,7 +63,7 @@ AMOUNT: tuple[Any, list[tuple[Any, type[Exception]]]] = (
         (-1, ValueError), (2**64, ValueError)])
 
 #: Methods that do no I/O at all (the rest must send something when called right).
-NO_IO = {"route", "owners", "metrics", "close", "disconnect_all"}
+NO_IO = {"route", "owners", "metrics", "close", "disconnect_all", "check_key"}
 
 
 class RecordingTransport(FakeTransport):
