@@ -93,11 +93,12 @@ class Engine:
         self.max_item_size = settings.max_item_size
         from memring.errors import ConfigError
 
-        if not isinstance(servers, (str, Iterable)):
+        try:
+            self.ring = HashRing(servers.split(",") if isinstance(servers, str) else servers,
+                                 hash=settings.hash, vnodes=settings.vnodes)
+        except TypeError as exc:  # not a collection of specs at all (5, None)
             raise ConfigError(f"servers must be a list of server specs or a comma-separated "
-                              f"string, got {type(servers).__name__}")
-        self.ring = HashRing(servers.split(",") if isinstance(servers, str) else servers,
-                             hash=settings.hash, vnodes=settings.vnodes)
+                              f"string, got {type(servers).__name__}: {exc}") from None
         if not len(self.ring):
             raise ConfigError("at least one server is needed")
         verify = settings.failover.verify_reads
