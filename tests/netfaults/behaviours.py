@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -60,9 +61,11 @@ __all__ = [
     "close_on_accept",
     "delayed",
     "drip",
+    "endless_line",
     "endless_values",
     "error_line",
     "extra_reply",
+    "future_version",
     "garbage",
     "half_reply_then_close",
     "honest",
@@ -77,6 +80,7 @@ __all__ = [
     "split",
     "stop_reading",
     "undecodable",
+    "wrong_cas",
     "wrong_key",
 ]
 
@@ -503,3 +507,45 @@ def after(n: int, behaviour: BehaviourLike, before: BehaviourLike | None = None)
         return current.on_accept(conn)
 
     return Behaviour(f"after({n}, {then_b.name})", reply, on_accept)
+
+
+def wrong_cas(token: bytes) -> Behaviour:
+    """Honest values, but every ``gets``/``gats`` value carries ``token`` as its CAS
+    (``abc``, 40 digits), and every ``mg`` value ``token`` followed by an ``x``."""
+
+    def hostile(req: Request) -> Reply:
+        lines = req.honest().split(b"\r\n")
+        if req.command in ("gets", "gats"):
+            lines = [b" ".join([*ln.split(b" ")[:4], token]) if ln.startswith(b"VALUE ")
+                     else ln for ln in lines]
+        elif req.command == "mg":
+            lines = [ln.replace(b" c", b" c" + token + b"x", 1) if ln.startswith(b"VA ")
+                     else ln for ln in lines]
+        return b"\r\n".join(lines)
+
+    return _values_only(f"wrong_cas({token[:10]!r})", hostile)
+
+
+def future_version(years: float = 100.0, data: bytes = b'"from the future"') -> Behaviour:
+    """Every key asked is found, holding a memring value (JSON flag, version trailer)
+    whose version is ``years`` ahead of the clock: it would outrank every honest write."""
+    from memring.engine.versions import FLAG_VERSIONED, pack_trailer
+
+    version = (int(time.time() * 1000) + int(years * 365 * 86400 * 1000)) << 16
+    stored = data + pack_trailer(version, 0)
+    flags = 32 | FLAG_VERSIONED
+
+    def hostile(req: Request) -> Reply:
+        if req.command == "mg":
+            return b"".join(b"VA %d f%d t-1 c1 k%s\r\n%s\r\n" % (len(stored), flags, k, stored)
+                            for k in _asked(req))
+        return b"".join(_header(req, k, flags, len(stored)) + stored + b"\r\n"
+                        for k in _asked(req)) + _end(req)
+
+    return _values_only(f"future_version({years})", hostile)
+
+
+def endless_line(chunk: int = 4096) -> Behaviour:
+    """A reply line that never ends: bytes and no line end, as fast as they are read."""
+    return Behaviour("endless_line",
+                     lambda req: [Stream(itertools.repeat(b"A" * chunk)), MUTE])
