@@ -4,7 +4,9 @@ For each behaviour of the survey (:data:`tests.netfaults.survey.CASES`:
 garbage, drips, huge headers, undecodable values, wrong CAS tokens,
 overlong numbers, huge lines, stray replies, versions from the far
 future, a full listen queue, ...), one hostile fake node joins the real
-memcached nodes of the shared ``cluster``. A :class:`~memring.Client` and a
+memcached nodes of the shared ``cluster``; and for each network fault a
+:class:`~tests.netfaults.FaultProxy` can make (pause, blackhole, refuse,
+drip, delay, cut), one real node is reached through a proxy. A :class:`~memring.Client` and a
 :class:`~memring.BackupClient` (timeouts 0.2 s + 0.2 s) make ``get``,
 ``set``, ``get_many`` and ``gets`` calls that involve it, each twice on a fresh
 client (the second call finds the node as the first left it), and every call must:
@@ -42,8 +44,9 @@ from memring import (
     SerializationError,
     Timeouts,
 )
+from memring.hashring.node import parse_node
 from memring.tools.local import LocalCluster
-from tests.netfaults import HostileServer, behaviours
+from tests.netfaults import FaultProxy, HostileServer, behaviours, proxied_node
 from tests.netfaults.behaviours import Behaviour
 from tests.netfaults.survey import CASES, SERVER_CASES
 
@@ -142,22 +145,58 @@ def _own(allowed: dict[str, set[Any]], key: str, value: Any, label: str) -> None
 def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, case: str,
                                                kind: type[Client]) -> None:
     server = HostileServer()
+
+    def fault() -> None:
+        if case in SERVER_CASES:
+            SERVER_CASES[case](server)
+        else:
+            server.behave(CASES[case]())
+
+    _exercise(kind, [*cluster.servers, server.server], server.node, ns, case, fault,
+              stop=server.close)
+
+
+#: Faults of the network between the client and a real node, by a proxy in between.
+NETWORK_CASES: dict[str, Callable[[FaultProxy], None]] = {
+    "proxy pause": FaultProxy.pause,
+    "proxy blackhole": FaultProxy.blackhole,
+    "proxy refuse": FaultProxy.refuse,
+    "proxy drip(0.1)": lambda proxy: proxy.drip(0.1),
+    "proxy delay(0.5)": lambda proxy: proxy.delay(0.5),
+    "proxy cut": lambda proxy: None if proxy.cut() else None,
+}
+
+
+@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("case", list(NETWORK_CASES))
+def test_a_faulty_network_to_a_real_node_costs_one_bounded_call(
+        cluster: LocalCluster, ns: str, case: str, kind: type[Client]) -> None:
+    real = parse_node(cluster.servers[0])
+    proxy = FaultProxy(real.address)
+    node = proxied_node(real, proxy)
+    _exercise(kind, [node, *cluster.servers[1:]], node, ns, case,
+              lambda: NETWORK_CASES[case](proxy), stop=proxy.close)
+
+
+def _exercise(kind: type[Client], servers: list[Any], odd: Any, ns: str, case: str,
+              fault: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Keys on node ``odd`` and on the others are written; ``fault()`` makes ``odd``
+    misbehave; then every call is watched (see the module docstring). ``stop()``
+    ends the fault's server or proxy, before the clients close (a probe waiting on
+    it then ends at once)."""
     clients: list[Client] = []
 
     def make() -> Client:
-        c = kind([*cluster.servers, server.server], timeouts=TIMEOUTS, health=HEALTH)
+        c = kind(servers, timeouts=TIMEOUTS, health=HEALTH)
         clients.append(c)
         return c
 
     try:
         setup = make()
-        on, off = _keys(setup, server.node, ns)
+        on, off = _keys(setup, odd, ns)
         allowed = {k: {f"{k}=old"} for k in on + off}
         assert setup.set_many({k: f"{k}=old" for k in on + off}) == []
-        if case in SERVER_CASES:
-            SERVER_CASES[case](server)
-        else:
-            server.behave(CASES[case]())
+        fault()
         watch = Watch(f"{kind.__name__} {case}")
 
         c = make()
@@ -165,7 +204,7 @@ def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, c
             got, error = watch.call("get", lambda: c.get(on[0]))
             _own(allowed, on[0], got, case)
             if isinstance(error, SerializationError):
-                assert error.node == server.node, f"{case}: {error!r} names {error.node}"
+                assert error.node == odd, f"{case}: {error!r} names {error.node}"
 
         c = make()
         for _ in range(2):  # gets: the CAS token's reply format
@@ -188,7 +227,7 @@ def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, c
                 for key, exc in error.failed.items():
                     assert key in on, f"{case}: a healthy key failed: {key}: {exc!r}"
                     if isinstance(exc, SerializationError):
-                        assert exc.node == server.node, f"{case}: {exc!r} names {exc.node}"
+                        assert exc.node == odd, f"{case}: {exc!r} names {exc.node}"
             elif error is not None:
                 raise AssertionError(f"{case}: get_many raised {error!r}")
             for key, value in got.items():
@@ -205,9 +244,11 @@ def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, c
         assert c.get_many(off) == {off[0]: "after", **{k: f"{k}=old" for k in off[1:]}}
     finally:
         with contextlib.suppress(Exception):  # a behaviour's own error is not the client's
-            server.close()  # first: a probe waiting on it ends now
+            stop()
         for c in clients:
             c.close()
+
+
 
 
 def test_a_slow_large_request_leaves_its_reply_only_the_time_left() -> None:
