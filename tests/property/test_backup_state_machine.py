@@ -61,7 +61,8 @@ def make_client(cluster: FakeCluster, clock: FakeClock) -> BackupClient:
         failover=Failover("next", failover_ttl=FAILOVER_TTL),
         health=HealthPolicy(failure_threshold=1, backoff_initial=BACKOFF_INITIAL,
                             backoff_max=BACKOFF_MAX, jitter=0),
-        _transport_factory=cluster.transport_factory, _clock=clock, _hlc=cluster.hlc, _background=False,
+        _transport_factory=cluster.transport_factory, _clock=clock, _hlc=cluster.hlc,
+        _background=False,
     )
 
 
