@@ -22,6 +22,7 @@ from memring.errors import (
     ServerError,
     ServerReplyError,
     UnknownCommandError,
+    UnpicklableValue,
     ValueTooLarge,
 )
 from memring.hashring import HashRing, Node
@@ -57,6 +58,7 @@ __all__ = [
     "ServerReplyError",
     "Timeouts",
     "UnknownCommandError",
+    "UnpicklableValue",
     "ValueTooLarge",
     "__version__",
 ]

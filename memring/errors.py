@@ -16,6 +16,7 @@ clients (``except MemcacheClientError``, ``except MemcacheServerError``,
     │       └── InvalidKeyType             TypeError         MemcacheIllegalInputError
     ├── ValueTooLarge                      ValueError        MemcacheServerError
     ├── SerializationError                 TypeError         MemcacheIllegalInputError
+    │   └── UnpicklableValue               pickle.PicklingError  (pickle's own error)
     ├── NodeError                          -                 MemcacheError
     │   ├── NodeUnavailable                ConnectionError   MemcacheError
     │   │   ├── NodeTimeout                TimeoutError      MemcacheError
@@ -66,6 +67,10 @@ What each one means, and why it maps where it does:
     only that key). pymemcache's equivalent is "Data values must be
     binary-safe" (a value its ``encoding`` cannot encode), a
     ``MemcacheIllegalInputError``.
+``UnpicklableValue``
+    The serde's pickle refused the value. pymemcache lets pickle's own
+    ``PicklingError`` through, and Django's cache contract says a value that
+    cannot be pickled raises ``pickle.PickleError``; this is one.
 ``NodeError``
     Something went wrong talking to one node: a ``MemcacheError``, the
     root a pymemcache user catches for "the cache failed".
@@ -130,6 +135,7 @@ them from there.
 
 from __future__ import annotations
 
+import pickle
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -182,6 +188,7 @@ __all__ = [
     "ServerError",
     "ServerReplyError",
     "UnknownCommandError",
+    "UnpicklableValue",
     "ValueTooLarge",
 ]
 
@@ -233,6 +240,10 @@ class SerializationError(MemringError, TypeError, MemcacheIllegalInputError):
         super().__init__(message)
         self.key = key
         self.node: Any = node
+
+
+class UnpicklableValue(SerializationError, pickle.PicklingError):
+    """The serde's pickle could not pickle the value (its cause says why)."""
 
 
 class NodeError(MemringError, MemcacheError):

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import re
 import threading
+import types
 from collections.abc import Hashable, Iterable
 from functools import cached_property
 from typing import Any
 
+import pymemcache.exceptions
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.memcached import BaseMemcachedCache
 from pymemcache.serde import pickle_serde
@@ -34,6 +36,15 @@ from memring.errors import ConfigError, ValueTooLarge
 __all__ = ["MemringCache", "close_clients"]
 
 _SERDES = {"pickle": pickle_serde, "safe": safe_serde}
+
+#: What Django's memcached backends keep as ``self._lib``, the client
+#: library: memring's clients under the names Django's ``PyMemcacheCache``
+#: looks up, and pymemcache's ``exceptions`` module, since memring's errors
+#: are those exceptions (code written for Django's ``PyMemcacheCache`` catches
+#: ``cache._lib.exceptions.MemcacheClientError``).
+LIBRARY = types.SimpleNamespace(Client=memring.Client, HashClient=memring.Client,
+                                BackupClient=memring.BackupClient,
+                                exceptions=pymemcache.exceptions)
 
 _clients: dict[Hashable, memring.Client] = {}
 _clients_lock = threading.Lock()
@@ -79,7 +90,7 @@ class MemringCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no
     _class: type[memring.Client]
 
     def __init__(self, server: str | Iterable[str], params: dict[str, Any]) -> None:
-        super().__init__(server, params, library=memring, value_not_found_exception=KeyError)
+        super().__init__(server, params, library=LIBRARY, value_not_found_exception=KeyError)
         options = dict(self._options)
         backup = options.pop("backup", False)
         if not isinstance(backup, bool):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import pickle
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ from memring.errors import (
     ServerError,
     ServerReplyError,
     UnknownCommandError,
+    UnpicklableValue,
     ValueTooLarge,
 )
 
@@ -49,6 +51,10 @@ MAPPING: dict[type[Exception], tuple[type[Exception], tuple[type[BaseException],
     InvalidKeyType: (InvalidKey, (TypeError, ValueError), pm.MemcacheIllegalInputError),
     ValueTooLarge: (MemringError, (ValueError,), pm.MemcacheServerError),
     SerializationError: (MemringError, (TypeError,), pm.MemcacheIllegalInputError),
+    # pickle.PicklingError: what pymemcache lets through, and Django's cache
+    # contract ("except pickle.PickleError") expects.
+    UnpicklableValue: (SerializationError, (TypeError, pickle.PicklingError),
+                       pm.MemcacheIllegalInputError),
     NodeError: (MemringError, (), pm.MemcacheError),
     NodeUnavailable: (NodeError, (ConnectionError, OSError), pm.MemcacheError),
     NodeTimeout: (NodeUnavailable, (TimeoutError, ConnectionError, OSError), pm.MemcacheError),

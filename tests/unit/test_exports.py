@@ -34,6 +34,7 @@ EXPECTED_ALL = [
     "ServerReplyError",
     "Timeouts",
     "UnknownCommandError",
+    "UnpicklableValue",
     "ValueTooLarge",
     "__version__",
 ]
