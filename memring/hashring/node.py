@@ -9,7 +9,7 @@ from typing import Union
 
 from memring.errors import ConfigError
 
-__all__ = ["DEFAULT_PORT", "Node", "NodeSpec", "parse_node", "parse_nodes"]
+__all__ = ["DEFAULT_PORT", "Node", "NodeSpec", "parse_node", "parse_nodes", "server_list"]
 
 DEFAULT_PORT = 11211
 
@@ -18,7 +18,10 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 @dataclass(frozen=True, order=True)
 class Node:
-    """The address of one Memcached server.
+    """The address of one Memcached server: TCP ``host:port``, or a unix socket.
+
+    A ``host`` that is an absolute path is a unix-domain socket: its port is
+    0, its label ``unix:<path>``, and it sits on the ring like any node.
 
     ``weight`` is a relative capacity (an integer >= 1). ``name``, when given,
     replaces the address as the node's identity on the ring, so a node can move
@@ -41,12 +44,18 @@ class Node:
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"node host must be a non-empty string, got {self.host!r}")
-        if not _HOST_RE.match(self.host) and not _is_ipv6(self.host):
-            raise ConfigError(f"invalid node host {self.host!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
-            0 < self.port < 65536
-        ):
-            raise ConfigError(f"node port must be an int in 1..65535, got {self.port!r}")
+        if self.is_unix:
+            if any(c.isspace() or not c.isprintable() for c in self.host):
+                raise ConfigError(f"invalid unix socket path {self.host!r}")
+            if self.port not in (0, DEFAULT_PORT):
+                raise ConfigError(f"a unix socket node has no port, got {self.port!r}")
+            object.__setattr__(self, "port", 0)
+        else:
+            if not _HOST_RE.match(self.host) and not _is_ipv6(self.host):
+                raise ConfigError(f"invalid node host {self.host!r}")
+            if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
+                    0 < self.port < 65536):
+                raise ConfigError(f"node port must be an int in 1..65535, got {self.port!r}")
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 1:
             raise ConfigError(f"node weight must be an int >= 1, got {self.weight!r}")
         if self.name is not None and (
@@ -65,15 +74,22 @@ class Node:
         return (Node, (self.host, self.port, self.weight, self.name))
 
     @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)``, as pymemcache and sockets take it."""
-        return (self.host, self.port)
+    def is_unix(self) -> bool:
+        """Whether this is a unix-domain socket (its host is the socket's path)."""
+        return self.host.startswith("/")
+
+    @property
+    def address(self) -> tuple[str, int] | str:
+        """``(host, port)``, or a unix socket's path, as pymemcache and sockets take it."""
+        return self.host if self.is_unix else (self.host, self.port)
 
     @property
     def label(self) -> str:
-        """A stable human label: the name if given, else ``host:port``."""
+        """A stable human label: the name if given, else ``host:port`` or ``unix:<path>``."""
         if self.name is not None:
             return self.name
+        if self.is_unix:
+            return f"unix:{self.host}"
         host = f"[{self.host}]" if _is_ipv6(self.host) else self.host
         return f"{host}:{self.port}"
 
@@ -86,7 +102,7 @@ class Node:
         """
         if self.name is not None:
             return self.name
-        if self.port == DEFAULT_PORT:
+        if self.port == DEFAULT_PORT or self.is_unix:
             return self.host
         return f"{self.host}:{self.port}"
 
@@ -104,7 +120,8 @@ def _is_ipv6(host: str) -> bool:
 def parse_node(spec: NodeSpec) -> Node:
     """Turn a server spec into a :class:`Node`.
 
-    Accepted forms: a ``Node``; ``"host"``, ``"host:port"``,
+    Accepted forms: a ``Node``; a unix socket as ``"unix:/path"`` or
+    ``"/path"`` (as pymemcache and Django write it); ``"host"``, ``"host:port"``,
     ``"host:port:weight"``, ``"[v6addr]:port[:weight]"``, optionally followed
     by a space and a name (``"10.0.0.1:11211:2 cache-a"``, as twemproxy
     writes it); a ``(host, port)`` or ``(host, port, weight)`` tuple, as
@@ -122,6 +139,12 @@ def parse_node(spec: NodeSpec) -> Node:
     if not isinstance(spec, str):
         raise ConfigError(f"server spec must be a str, tuple or Node, got {type(spec).__name__}")
     text = spec.strip()
+    if text.startswith("unix:"):
+        text = text[5:]
+        if not text.startswith("/"):
+            raise ConfigError(f"a unix socket path must be absolute, got {spec!r}")
+    if text.startswith("/"):
+        return Node(text)
     name: str | None = None
     if " " in text:
         text, _, name = text.partition(" ")
@@ -145,11 +168,25 @@ def parse_node(spec: NodeSpec) -> Node:
     return Node(host, port, weight, name)
 
 
-def parse_nodes(specs: Iterable[NodeSpec] | str) -> list[Node]:
-    """Parse several specs (a list, or one comma-separated string); reject duplicates."""
+def server_list(specs: Iterable[NodeSpec] | NodeSpec) -> list[NodeSpec]:
+    """A client's ``servers`` argument as a list of specs.
+
+    A list (or any iterable) of specs; one comma-separated string; or one
+    ``(host, port)`` tuple or :class:`Node`, as pymemcache's single-server
+    ``Client(("127.0.0.1", 11211))`` takes it.
+    """
     if isinstance(specs, str):
-        specs = [s for s in specs.split(",") if s.strip()]
-    nodes = [parse_node(s) for s in specs]
+        return [s for s in specs.split(",") if s.strip()]
+    if isinstance(specs, Node) or (
+            isinstance(specs, tuple) and len(specs) in (2, 3) and isinstance(specs[0], str)
+            and all(isinstance(x, int) for x in specs[1:])):
+        return [specs]
+    return list(specs)  # type: ignore[arg-type]
+
+
+def parse_nodes(specs: Iterable[NodeSpec] | NodeSpec) -> list[Node]:
+    """Parse several specs (see :func:`server_list`); reject duplicates."""
+    nodes = [parse_node(s) for s in server_list(specs)]
     seen: set[str] = set()
     for node in nodes:
         ident = node.label
