@@ -72,7 +72,7 @@ class BackupClient(Client):
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of ``key`` (both copies read at once; the newer wins), or ``default``."""
         engine = self._engine
-        kb = encode_key(key, engine.prefix)
+        kb = encode_key(key, engine.prefix, engine.unicode_keys)
         pair = engine.healthy_pair(kb)
         if pair is None or not engine.verify_reads:
             return self._run(engine.get_kb(kb, default))
@@ -115,6 +115,7 @@ class BackupClient(Client):
     get_many = sync_method(BackupEngine.get_many)
     get_multi = get_many
     gets_many = sync_method(BackupEngine.gets_many)
+    gets_multi = gets_many
     set_many = sync_method(BackupEngine.set_many)
     set_multi = set_many
     delete_many = sync_method(BackupEngine.delete_many)

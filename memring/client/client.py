@@ -12,7 +12,8 @@ from typing import Any
 
 from memring.client.face import SyncFace, sync_method
 from memring.engine import defaults
-from memring.engine.base import check_expire, check_flags, check_noreply
+from memring.engine.base import Engine, check_expire, check_flags, check_noreply
+from memring.engine.compat import PymemcacheMethods
 from memring.engine.health import NodeState
 from memring.engine.keys import encode_key
 from memring.engine.policies import Failover, HealthPolicy, Timeouts
@@ -29,7 +30,7 @@ _INT32 = 1 << 31
 _THIRTY_DAYS = 30 * 24 * 3600
 
 
-class Client(SyncFace):
+class Client(SyncFace, PymemcacheMethods):
     """A Memcached cluster client with pymemcache's API.
 
     >>> client = Client(["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"])  # doctest: +SKIP
@@ -107,7 +108,7 @@ class Client(SyncFace):
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` on a miss."""
         engine = self._engine
-        kb = encode_key(key, engine.prefix)
+        kb = encode_key(key, engine.prefix, engine.unicode_keys)
         home = engine.ring.node_for(kb)
         transport, health = engine.homes[home]
         if health.state is not _UP or engine.verify_reads:
@@ -124,7 +125,7 @@ class Client(SyncFace):
                     ) -> tuple[bytes, tuple[bytes, int]]:
         """A store call's wire key and serialized item; every argument checked first."""
         engine = self._engine
-        kb = encode_key(key, engine.prefix)
+        kb = encode_key(key, engine.prefix, engine.unicode_keys)
         if expire.__class__ is not int or not -_INT32 <= expire < _INT32:
             check_expire(expire)
         if noreply is not None and noreply.__class__ is not bool:
@@ -167,6 +168,7 @@ class Client(SyncFace):
     get_many = sync_method(SingleEngine.get_many)
     get_multi = get_many
     gets_many = sync_method(SingleEngine.gets_many)
+    gets_multi = gets_many
     set_many = sync_method(SingleEngine.set_many)
     set_multi = set_many
     delete_many = sync_method(SingleEngine.delete_many)
@@ -174,3 +176,7 @@ class Client(SyncFace):
     stats = sync_method(SingleEngine.stats)
     version = sync_method(SingleEngine.version)
     flush_all = sync_method(SingleEngine.flush_all)
+    cache_memlimit = sync_method(Engine.cache_memlimit)
+    raw_command = sync_method(Engine.raw_command)
+    shutdown = sync_method(Engine.shutdown)
+    quit = sync_method(Engine.quit)

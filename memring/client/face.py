@@ -79,9 +79,6 @@ class SyncFace:
 
     def __init__(self, servers: Iterable[Any] | str, **options: Any) -> None:
         private = {name: options.pop(name) for name in _PRIVATE if name in options}
-        transport_options = {name: options.pop(name) for name in ("socket_module",
-                                                                  "socket_keepalive")
-                             if name in options}
         settings = resolve(clock=private.get("_clock"), **options)
         self._settings = settings
         self._engine = self.ENGINE(servers, settings, hlc=private.get("_hlc") or versions.clock())
@@ -93,7 +90,8 @@ class SyncFace:
                 return SocketTransport(node, timeouts=settings.timeouts,
                                        max_item_size=settings.max_item_size,
                                        max_pool_size=settings.max_pool_size,
-                                       tls_context=settings.tls_context, **transport_options)
+                                       tls_context=settings.tls_context,
+                                       **settings.sockets.as_kwargs())
         self._transports: dict[Node, Any] = {n: factory(n) for n in self._engine.ring.nodes}
         for transport in self._transports.values():
             if hasattr(transport, "on_reconnect"):

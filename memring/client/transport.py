@@ -72,6 +72,10 @@ _BATCH = COMMANDS["batch"].parse
 _TICK = 0.01
 #: The longest a metadump (a rebuild's list of keys) may take in all.
 _METADUMP_SECONDS = 300.0
+#: Methods the transport answers itself, without a request of their own:
+#: a rebuild's key listing (its own connection) and ``quit`` (closes the
+#: idle connections).
+_LOCAL = ("dump_keys", "quit")
 
 
 class Reply(Protocol):
@@ -82,7 +86,8 @@ class Reply(Protocol):
 
 
 class NodeTransport(Protocol):
-    """Raw commands on one node (:data:`memring.protocol.COMMANDS`, plus ``dump_keys``).
+    """Raw commands on one node (:data:`memring.protocol.COMMANDS`, plus ``dump_keys``
+    and ``quit``).
 
     Every method raises memring errors only.
     """
@@ -361,11 +366,19 @@ class ConnectionPool:
             self._all.discard(conn)
         conn.close()
 
+    def drop_idle(self) -> None:
+        """Close every idle connection; the pool makes new ones when asked."""
+        while self.free:
+            try:
+                conn = self.free.pop()
+            except IndexError:  # another thread took the last one
+                return
+            self.destroy(conn)
+
     def clear(self) -> None:
         """Close every idle connection; one in use is closed when it is given back."""
         self.closed = True
-        while self.free:
-            self.destroy(self.free.pop())
+        self.drop_idle()
 
     def forget(self) -> None:
         """In a child process: close this process's descriptors of every connection,
@@ -401,6 +414,7 @@ class SocketTransport:
         tls_context: ssl.SSLContext | None = None,
         socket_module: types.ModuleType = socket,
         socket_keepalive: Any = None,
+        lock_generator: Callable[[], Any] | None = None,
     ) -> None:
         self.node = node
         self.read_timeout = timeouts.read
@@ -412,12 +426,16 @@ class SocketTransport:
         #: Called (with the node) after a call had to reconnect because the
         #: server had closed its pooled connections: it may have restarted.
         self.on_reconnect: Callable[[Node], None] | None = None
-        self._kernel_timeouts = tls_context is None
+        self._lock_generator = lock_generator
+        # Kernel timeouts bound blocking sockets only: TLS reports them as SSL
+        # errors, and a cooperative socket module (gevent's) never blocks in
+        # the kernel, so both get Python's socket timeouts instead.
+        self._kernel_timeouts = tls_context is None and socket_module is socket
         if self._kernel_timeouts:
             sockets: types.ModuleType = _KernelTimeoutSockets(timeouts.read, socket_module)
             read_timeout: float | None = None
             self._full_timeval = _timeval(timeouts.read)
-        else:  # the TLS layer reports a kernel timeout as an SSL error: use Python's
+        else:
             sockets, read_timeout = socket_module, timeouts.read
             self._full_timeval = b""
 
@@ -432,7 +450,8 @@ class SocketTransport:
 
     def _new_pool(self) -> ConnectionPool:
         return ConnectionPool(self._connection, max_size=self._max_pool_size,
-                              idle_timeout=self._idle_timeout)
+                              idle_timeout=self._idle_timeout,
+                              lock=self._lock_generator() if self._lock_generator else None)
 
     # -- the pool ----------------------------------------------------------
     def release(self, conn: Client) -> None:
@@ -467,7 +486,7 @@ class SocketTransport:
     # -- calls ---------------------------------------------------------------
     def send(self, method: str, *args: Any) -> Reply:
         """Write the request of ``method(*args)`` now; read its reply with ``.result()``."""
-        if method == "dump_keys":
+        if method in _LOCAL:
             return Ready.of(self.call, method)
         try:
             request = COMMANDS[method].build(*args)
@@ -491,6 +510,9 @@ class SocketTransport:
         """``method(*args)``, written and read now."""
         if method == "dump_keys":
             return self.dump_keys()
+        if method == "quit":
+            self._pool.drop_idle()
+            return None
         return self._call(method, args, retry=True)
 
     def _call(self, method: str, args: tuple[Any, ...], retry: bool) -> Any:

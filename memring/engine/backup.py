@@ -49,6 +49,7 @@ from memring.engine.base import (
     check_ignored,
     check_noreply,
     check_seconds,
+    gets_instead,
     is_tombstone_flags,
 )
 from memring.engine.health import NodeState, NodeStatus
@@ -619,8 +620,12 @@ class BackupEngine(Engine):
 
     # ------------------------------------------------------------------
     # multi-key
-    def get_many(self, keys: Iterable[str | bytes]) -> Op[dict[Any, Any]]:
-        """The values of ``keys`` that have one, read from both owners of each."""
+    def get_many(self, keys: Iterable[str | bytes], gets: bool = False) -> Op[dict[Any, Any]]:
+        """The values of ``keys`` that have one, read from both owners of each.
+
+        ``gets=True`` answers as :meth:`gets_many` (pymemcache's ``HashClient``)."""
+        if gets_instead(gets):
+            return (yield from self.gets_many(keys))
         by_kb = self.keys(keys)
         if not by_kb:
             return {}

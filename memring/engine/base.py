@@ -11,6 +11,7 @@ one place for both.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,13 +43,17 @@ from memring.engine.versions import (
 from memring.errors import (
     ClusterError,
     InvalidArgument,
+    InvalidArgumentType,
     MemringError,
     MultiKeyError,
     NodeUnavailable,
     SerializationError,
+    ServerError,
+    UnpicklableValue,
     ValueTooLarge,
 )
 from memring.hashring import HashRing, Node
+from memring.hashring.node import server_list
 
 __all__ = ["CAS_ATTEMPTS", "COUNTERS", "ITEM_OVERHEAD", "Engine"]
 
@@ -88,14 +93,15 @@ class Engine:
         self.failover = settings.failover
         self.timeouts = settings.timeouts
         self.prefix = settings.key_prefix
+        self.unicode_keys = settings.allow_unicode_keys
         self.plen = len(self.prefix)
         self.serde = settings.serde
         self.max_item_size = settings.max_item_size
         from memring.errors import ConfigError
 
         try:
-            self.ring = HashRing(servers.split(",") if isinstance(servers, str) else servers,
-                                 hash=settings.hash, vnodes=settings.vnodes)
+            self.ring = HashRing(server_list(servers), hash=settings.hash,
+                                 vnodes=settings.vnodes)
         except TypeError as exc:  # not a collection of specs at all (5, None)
             raise ConfigError(f"servers must be a list of server specs or a comma-separated "
                               f"string, got {type(servers).__name__}: {exc}") from None
@@ -125,10 +131,10 @@ class Engine:
     # ------------------------------------------------------------------
     # the codec
     def key(self, key: str | bytes) -> bytes:
-        return encode_key(key, self.prefix)
+        return encode_key(key, self.prefix, self.unicode_keys)
 
     def keys(self, keys: Iterable[str | bytes]) -> dict[bytes, Any]:
-        return encode_keys(keys, self.prefix)
+        return encode_keys(keys, self.prefix, self.unicode_keys)
 
     def serialize(self, kb: bytes, value: Any, flags: int | None = None) -> tuple[bytes, int]:
         """``(bytes, flags)`` for a value, checked against the item size limit."""
@@ -137,10 +143,11 @@ class Engine:
         except MemringError:
             raise
         except Exception as exc:
-            raise SerializationError(f"cannot serialize {type(value).__name__}: {exc}",
-                                     key=kb) from exc
+            error = UnpicklableValue if isinstance(exc, pickle.PickleError) else (
+                SerializationError)
+            raise error(f"cannot serialize {type(value).__name__}: {exc}", key=kb) from exc
         if not isinstance(data, bytes):
-            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            data = self._to_bytes(kb, data)
         if flags is None:
             flags = serde_flags
         if flags & RESERVED_FLAGS or not 0 <= flags < 1 << 32:
@@ -152,6 +159,18 @@ class Engine:
                 f"limit (key and overhead included)", key=kb, size=len(data),
                 limit=self.max_item_size)
         return (data, flags)
+
+    def _to_bytes(self, kb: bytes, data: Any) -> bytes:
+        """A serde's non-bytes data as bytes, as pymemcache makes them: ``str(data)``
+        in the client's ``encoding`` (a buffer is taken as it is)."""
+        if isinstance(data, (bytearray, memoryview)):
+            return bytes(data)
+        try:
+            return str(data).encode(self.settings.encoding)
+        except UnicodeEncodeError as exc:
+            raise SerializationError(
+                f"data is not {self.settings.encoding}-encodable ({exc.reason}): pass "
+                "encoding='utf-8' to store any text", key=kb) from exc
 
     def stored(self, raw: tuple[bytes, int], kb: bytes, node: Node | None) -> Stored:
         """Decode a raw item read from ``node``; move this process's clock past it."""
@@ -332,6 +351,74 @@ class Engine:
         results = yield [Call(n, "flush_all", (delay,)) for n in live]
         return len(live) == len(self.ring) and all(r is True for r in results)
 
+    def cache_memlimit(self, memlimit: int) -> Op[bool]:
+        """Set every node's memory limit to ``memlimit`` megabytes (``cache_memlimit``).
+
+        True only if every node, down ones included, took it (as
+        :meth:`flush_all`); a node's error reply is raised.
+        """
+        memlimit = check_int("memlimit", memlimit, 1, 2**31 - 1)
+        live = self.live_nodes()
+        results = yield [Call(n, "cache_memlimit", (memlimit,)) for n in live]
+        for result in results:
+            if isinstance(result, ServerError):
+                raise result
+        return len(live) == len(self.ring) and all(r is True for r in results)
+
+    def raw_command(self, command: str | bytes, end_tokens: str | bytes = "\r\n"
+                    ) -> Op[dict[str, bytes]]:
+        """Send one raw command line to every reachable node; ``{node label: reply}``,
+        each reply read up to ``end_tokens`` (dropped), as pymemcache's ``raw_command``.
+
+        One line: a command holding CR or LF raises
+        :class:`~memring.InvalidArgument` (it would put the connection out of
+        step). A reply larger than the item size limit is refused.
+        """
+        encoding = "utf-8" if self.unicode_keys else "ascii"
+        raw = _text_arg("command", command, encoding)
+        end = _text_arg("end_tokens", end_tokens, encoding)
+        if not raw or b"\r" in raw or b"\n" in raw:
+            raise InvalidArgument(f"command must be one non-empty line, got {command!r}")
+        if not end:
+            raise InvalidArgument("end_tokens must not be empty")
+        nodes = self.live_nodes()
+        results = yield [Call(n, "raw", (raw, end)) for n in nodes]
+        out: dict[str, bytes] = {}
+        for node, got in zip(nodes, results, strict=True):
+            if isinstance(got, ServerError):
+                raise got
+            if not isinstance(got, MemringError):
+                out[node.label] = got
+        return out
+
+    def shutdown(self, graceful: bool = False) -> Op[None]:
+        """Ask every reachable node to shut down (memcached must run with
+        ``--enable-shutdown``; otherwise its refusal is raised, as
+        :class:`~memring.UnknownCommandError`). The nodes are then down to
+        this client and probed like any down node."""
+        if not isinstance(graceful, bool):
+            raise InvalidArgumentType(f"graceful must be a bool, got {graceful!r}")
+        nodes = self.live_nodes()
+        results = yield [Call(n, "shutdown", (graceful,)) for n in nodes]
+        for result in results:
+            if isinstance(result, ServerError):  # refused; a closed connection is success
+                raise result
+
+    def quit(self) -> Op[None]:
+        """Close every idle connection, as pymemcache's ``quit`` closes its one; the
+        client stays usable and connects again when it needs to."""
+        yield Quiet([Call(n, "quit", ()) for n in self.ring.nodes])
+
+    def check_key(self, key: str | bytes, key_prefix: bytes | None = None) -> bytes:
+        """The wire form of ``key`` (``key_prefix``, by default the client's, prepended),
+        or :class:`~memring.InvalidKey`, as pymemcache's ``check_key``."""
+        prefix = self.prefix if key_prefix is None else key_prefix
+        if not isinstance(prefix, bytes):
+            raise InvalidArgumentType(f"key_prefix must be bytes, got {prefix!r}")
+        if prefix:
+            encode_key(prefix)
+        return encode_key(key, prefix, self.unicode_keys)
+
     def health_report(self) -> Op[dict[str, NodeStatus]]:
         """Per-node state and counters. A node whose pid and uptime this client has
         not read yet is asked for them (quietly: its answer, or its silence, does
@@ -439,7 +526,7 @@ class Engine:
     def concat_data(self, kb: bytes, value: Any) -> bytes:
         """The bytes ``append``/``prepend`` add, checked against the item limit first."""
         if isinstance(value, str):
-            data = value.encode("utf-8")
+            data = self._to_bytes(kb, value)  # in the client's encoding, as pymemcache
         elif isinstance(value, bytes):
             data = value
         else:
@@ -639,6 +726,26 @@ def check_seconds(name: str, value: Any) -> float:
     if not 0 <= value < float("inf"):
         raise InvalidArgument(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def _text_arg(name: str, value: Any, encoding: str) -> bytes:
+    """A str or bytes argument as bytes, or a typed error."""
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise InvalidArgumentType(f"{name} must be str or bytes, got {type(value).__name__}")
+    try:
+        return value.encode(encoding)
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{name} is not {encoding}: {value!r}") from None
+
+
+def gets_instead(gets: Any) -> bool:
+    """``get_many(keys, gets=True)``, as pymemcache's ``HashClient`` takes it: whether
+    to answer with :meth:`gets_many` instead (a bool, or a typed error)."""
+    if not isinstance(gets, bool):
+        raise InvalidArgumentType(f"gets must be a bool, got {gets!r}")
+    return gets
 
 
 def check_expire(expire: Any) -> int:

@@ -1,8 +1,9 @@
 """A client's settings, resolved once from its constructor's arguments.
 
 Both faces take the same keyword arguments; :func:`resolve` validates them
-and maps pymemcache's ``HashClient`` arguments onto memring's policy
-objects, so code written for pymemcache starts unchanged.
+and maps pymemcache's ``Client``/``PooledClient``/``HashClient`` arguments
+onto memring's policy objects (:mod:`memring.engine.compat`), so code
+written for pymemcache starts unchanged.
 """
 
 from __future__ import annotations
@@ -11,20 +12,15 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from memring.engine import defaults
+from memring.engine import compat, defaults
 from memring.engine.health import Clock, SystemClock
 from memring.engine.keys import encode_key
 from memring.engine.policies import Failover, HealthPolicy, Timeouts
-from memring.engine.serde import Serde, safe_serde
+from memring.engine.serde import Serde
 from memring.errors import ConfigError, InvalidKey
 from memring.hashring import DEFAULT_VNODES
 
 __all__ = ["Settings", "resolve"]
-
-#: pymemcache arguments memring accepts and has nothing to do for: memring
-#: always allows unicode keys (as UTF-8), always pools, encodes str as UTF-8,
-#: and always sets TCP_NODELAY.
-_PYMEMCACHE_IGNORED = {"allow_unicode_keys", "use_pooling", "encoding", "no_delay"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +37,12 @@ class Settings:
     tls_context: ssl.SSLContext | None
     default_noreply: bool
     clock: Clock = field(default_factory=SystemClock)
+    #: pymemcache's default: a non-ASCII str key raises InvalidKey.
+    allow_unicode_keys: bool = False
+    #: How a serde's str data becomes bytes (pymemcache's ``encoding``).
+    encoding: str = "ascii"
+    #: How the transport makes and pools connections.
+    sockets: compat.SocketOptions = field(default_factory=compat.SocketOptions)
 
 
 def resolve(
@@ -58,23 +60,11 @@ def resolve(
     clock: Clock | None = None,
     **pymemcache_options: Any,
 ) -> Settings:
-    """Validate a client's keyword arguments (pymemcache's included)."""
-    connect = pymemcache_options.pop("connect_timeout", None)
-    read = pymemcache_options.pop("timeout", None)
-    if connect is not None or read is not None:
-        if timeouts is not None:
-            raise ConfigError("pass either timeouts= or connect_timeout=/timeout=, not both")
-        timeouts = Timeouts(connect=connect, read=read)
-    if pymemcache_options.pop("ignore_exc", False):
-        failover = Failover("fail", return_default=True)
-    default_noreply = pymemcache_options.pop("default_noreply", False)
-    if not isinstance(default_noreply, bool):
-        raise ConfigError(f"default_noreply must be a bool, got {default_noreply!r}")
-    for name in _PYMEMCACHE_IGNORED:
-        pymemcache_options.pop(name, None)
-    if pymemcache_options:
-        raise ConfigError(f"unknown Client options: {', '.join(sorted(pymemcache_options))}")
-
+    """Validate a client's keyword arguments (pymemcache's included, see
+    :data:`memring.engine.compat.ARGUMENTS`)."""
+    legacy = compat.translate(pymemcache_options, failover=failover, timeouts=timeouts,
+                              health=health, serde=serde)
+    failover, timeouts, health = legacy.failover, legacy.timeouts, legacy.health
     failover = Failover.coerce(failover)
     timeouts = timeouts if timeouts is not None else Timeouts()
     if not isinstance(timeouts, Timeouts):
@@ -107,7 +97,7 @@ def resolve(
         raise ConfigError(f"max_pool_size must be an int >= 1 or None, got {max_pool_size!r}")
     if tls_context is not None and not isinstance(tls_context, ssl.SSLContext):
         raise ConfigError("tls_context must be an ssl.SSLContext")
-    chosen = serde if serde is not None else safe_serde
+    chosen = legacy.serde
     if not (callable(getattr(chosen, "serialize", None))
             and callable(getattr(chosen, "deserialize", None))):
         raise ConfigError("serde must have serialize() and deserialize() methods")
@@ -115,5 +105,7 @@ def resolve(
         failover=failover, timeouts=timeouts, health=policy, serde=chosen,
         key_prefix=key_prefix, hash=hash, vnodes=vnodes, max_item_size=max_item_size,
         max_pool_size=max_pool_size, tls_context=tls_context,
-        default_noreply=default_noreply, clock=clock or SystemClock(),
+        default_noreply=legacy.default_noreply, clock=clock or SystemClock(),
+        allow_unicode_keys=legacy.allow_unicode_keys, encoding=legacy.encoding,
+        sockets=legacy.sockets,
     )

@@ -15,10 +15,12 @@ __all__ = ["encode_key", "encode_keys"]
 _FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
 
 
-def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
+def encode_key(key: str | bytes, prefix: bytes = b"", unicode: bool = True) -> bytes:
     """The wire form of ``key`` (prefix + UTF-8 bytes), or raise :class:`InvalidKey`.
 
     ``prefix`` must be valid on its own (the client checks its prefix once).
+    With ``unicode`` False (pymemcache's ``allow_unicode_keys=False``), a
+    str key must be ASCII.
 
     >>> encode_key("session:1", b"app:")
     b'app:session:1'
@@ -32,6 +34,9 @@ def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
         # ASCII, printable (no control character or DEL) and no space: the
         # usual key, cleared without a regex scan.
         plain = key.isascii() and key.isprintable() and " " not in key
+        if not (plain or unicode or key.isascii()):
+            raise InvalidKey(f"non-ASCII key {key!r}: pass allow_unicode_keys=True to "
+                             "store it as UTF-8", key=key)
     elif isinstance(key, bytes):
         raw = key
         plain = False
@@ -50,14 +55,16 @@ def encode_key(key: str | bytes, prefix: bytes = b"") -> bytes:
     return full
 
 
-def encode_keys(keys: Iterable[str | bytes], prefix: bytes = b"") -> dict[bytes, str | bytes]:
+def encode_keys(keys: Iterable[str | bytes], prefix: bytes = b"", unicode: bool = True
+                ) -> dict[bytes, str | bytes]:
     """``{wire form: key}`` for many keys, checked as :func:`encode_key` checks one.
 
     One scan of all the keys for forbidden bytes instead of one per key (a
     forbidden byte is a single byte, so joining keys cannot make or hide one).
-    ``prefix`` must be valid on its own. Raises :class:`InvalidKey` for the
-    first bad key, and :class:`InvalidKeyType` if ``keys`` is a single key or
-    not a collection at all.
+    ``prefix`` must be valid on its own; ``unicode`` as for :func:`encode_key`.
+    Raises :class:`InvalidKey` for the first bad key, and
+    :class:`InvalidKeyType` if ``keys`` is a single key or not a collection at
+    all.
 
     >>> encode_keys(["a", b"b"], b"p:")
     {b'p:a': 'a', b'p:b': b'b'}
@@ -69,8 +76,9 @@ def encode_keys(keys: Iterable[str | bytes], prefix: bytes = b"") -> dict[bytes,
     longest = MAX_KEY_LENGTH - len(prefix)
     for key in keys:
         raw = key.encode("utf-8") if isinstance(key, str) else key
-        if not isinstance(raw, bytes) or not raw or len(raw) > longest:
-            encode_key(key, prefix)  # raises the precise error
+        if not isinstance(raw, bytes) or not raw or len(raw) > longest or (
+                not unicode and len(raw) != len(key)):
+            encode_key(key, prefix, unicode)  # raises the precise error
         out[prefix + raw if prefix else raw] = key
     if _FORBIDDEN.search(b"".join(out)):
         for key in out.values():

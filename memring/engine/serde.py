@@ -12,6 +12,7 @@ uses flag bit 5. Bits 24 and up are reserved for memring's own markers
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any, Protocol
 
@@ -35,6 +36,13 @@ class Serde(Protocol):
 class SafeSerde:
     """bytes, str, int and JSON data; never pickle.
 
+    ``encoding`` is how a str value becomes bytes (UTF-8 by default). A
+    client made without a serde uses ``SafeSerde(encoding=<its encoding>)``,
+    pymemcache's ``"ascii"`` unless it says otherwise, so a non-ASCII str
+    raises :class:`~memring.SerializationError` there, as in pymemcache.
+    Text is read back as UTF-8 when the encoding is ASCII (its superset:
+    another client may have written UTF-8), else in the encoding.
+
     >>> s = SafeSerde()
     >>> s.serialize(b"k", {"user": 7})
     (b'{"user":7}', 32)
@@ -42,11 +50,23 @@ class SafeSerde:
     {'user': 7}
     """
 
+    def __init__(self, encoding: str = "utf-8") -> None:
+        self.encoding = codecs.lookup(encoding).name
+        self._decoding = "utf-8" if self.encoding == "ascii" else self.encoding
+
+    def __repr__(self) -> str:
+        return f"SafeSerde(encoding={self.encoding!r})"
+
     def serialize(self, key: bytes, value: Any) -> tuple[bytes, int]:
         if isinstance(value, bytes):
             return value, FLAG_BYTES
         if isinstance(value, str):
-            return value.encode("utf-8"), FLAG_TEXT
+            try:
+                return value.encode(self.encoding), FLAG_TEXT
+            except UnicodeEncodeError as exc:
+                raise SerializationError(
+                    f"str value is not {self.encoding}-encodable ({exc.reason} at "
+                    f"{exc.start}): pass encoding='utf-8' to store any text") from exc
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value).encode("ascii"), FLAG_INTEGER
         try:
@@ -61,7 +81,7 @@ class SafeSerde:
         if flags == FLAG_BYTES:
             return value
         if flags & FLAG_TEXT:
-            return value.decode("utf-8")
+            return value.decode(self._decoding)
         if flags & (FLAG_INTEGER | FLAG_LONG):
             return int(value)
         if flags & FLAG_JSON:

@@ -51,6 +51,7 @@ from memring.engine.base import (
     check_expire,
     check_ignored,
     check_noreply,
+    gets_instead,
 )
 from memring.engine.health import NodeState
 from memring.engine.hints import Hint
@@ -563,8 +564,12 @@ class SingleEngine(Engine):
 
     # ------------------------------------------------------------------
     # multi-key: keys grouped by node, nodes asked at once
-    def get_many(self, keys: Iterable[str | bytes]) -> Op[dict[Any, Any]]:
-        """The values of ``keys`` that have one, as a dict keyed like ``keys``."""
+    def get_many(self, keys: Iterable[str | bytes], gets: bool = False) -> Op[dict[Any, Any]]:
+        """The values of ``keys`` that have one, as a dict keyed like ``keys``.
+
+        ``gets=True`` answers as :meth:`gets_many` (pymemcache's ``HashClient``)."""
+        if gets_instead(gets):
+            return (yield from self.gets_many(keys))
         by_kb = self.keys(keys)
         if not by_kb:
             return {}

@@ -136,6 +136,46 @@ def _cache_memlimit(megabytes: int) -> bytes:
     return b"cache_memlimit %d\r\n" % megabytes
 
 
+def _raw(command: bytes, end_tokens: bytes) -> bytes:
+    return command + b"\r\n"
+
+
+def _is_error_line(line: bytes) -> bool:
+    # memcached's own errors also read "ERROR: shutdown not enabled".
+    return line.startswith((b"ERROR", b"CLIENT_ERROR ", b"SERVER_ERROR "))
+
+
+def _parse_raw(buf: bytes, start: int, args: tuple[Any, ...], limit: int) -> tuple[Any, int]:
+    """Everything up to ``args[1]`` (the end tokens), which is dropped, as pymemcache's
+    ``raw_command`` reads it; an error line raises :class:`ErrorLine`."""
+    end_tokens = args[1]
+    eol = buf.find(b"\r\n", start)
+    if eol >= 0 and _is_error_line(buf[start:eol]):
+        raise ErrorLine(buf[start:eol])
+    at = buf.find(end_tokens, start)
+    if at < 0:
+        if len(buf) - start > limit:
+            raise _broken(buf[start:start + 64])
+        return INCOMPLETE, len(buf) + 1
+    return buf[start:at], at + len(end_tokens)
+
+
+def _shutdown(graceful: bool) -> bytes:
+    return b"shutdown graceful\r\n" if graceful else b"shutdown\r\n"
+
+
+def _parse_shutdown(buf: bytes, start: int, args: tuple[Any, ...], limit: int
+                    ) -> tuple[Any, int]:
+    """A server that shuts down closes the connection without a reply; one that
+    refuses says why in an error line (``ERROR: shutdown not enabled``)."""
+    eol = buf.find(b"\r\n", start)
+    if eol < 0:
+        return _no_line_yet(buf, start)
+    if _is_error_line(buf[start:eol]):
+        raise ErrorLine(buf[start:eol])
+    raise _broken(buf[start:eol])
+
+
 def build_batch(ops: Sequence[tuple[str, tuple[Any, ...]]]) -> bytes:
     """The requests of several single-reply commands, one after another on one connection."""
     return b"".join(COMMANDS[name].build(*args) for name, args in ops)
@@ -193,5 +233,7 @@ COMMANDS: dict[str, Command] = {
     "version": Command(lambda: b"version\r\n", parse_version),
     "flush_all": Command(_flush_all, _parse_ok),
     "cache_memlimit": Command(_cache_memlimit, _parse_ok),
+    "raw": Command(_raw, _parse_raw),
+    "shutdown": Command(_shutdown, _parse_shutdown),
 }
 COMMANDS["batch"] = Command(build_batch, batch_parser)

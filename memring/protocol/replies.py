@@ -293,7 +293,10 @@ MAX_STATS = 1 << 20
 
 
 def parse_stats(buf: bytes, start: int, args: tuple[Any, ...], limit: int) -> tuple[Any, int]:
-    """Reads ``STAT <name> <value>`` lines up to ``END``: ``{name: value}`` (both bytes)."""
+    """Reads ``STAT <name> <value>`` lines up to ``END``: ``{name: value}`` (both bytes).
+
+    ``stats cachedump`` answers ``ITEM <key> <details>`` lines: ``{key: details}``,
+    as pymemcache reads them."""
     out: dict[bytes, bytes] = {}
     pos = start
     while True:
@@ -305,7 +308,7 @@ def parse_stats(buf: bytes, start: int, args: tuple[Any, ...], limit: int) -> tu
         line = buf[pos:eol]
         if line == b"END":
             return out, eol + 2
-        if not line.startswith(b"STAT "):
+        if not line.startswith((b"STAT ", b"ITEM ")):
             raise _broken(line)
         _, name, value = (line.split(b" ", 2) + [b""])[:3]
         out[name] = value

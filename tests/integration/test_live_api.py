@@ -64,7 +64,8 @@ def test_get_of_a_missing_key_returns_the_default(client, ns) -> None:
     (True, FLAG_JSON),
     (1.25, FLAG_JSON),
 ], ids=lambda v: type(v).__name__)
-def test_set_get_round_trip(client, raw, ns, value: Any, flags: int) -> None:
+def test_set_get_round_trip(cluster, make_client, raw, ns, value: Any, flags: int) -> None:
+    client = make_client(cluster, encoding="utf-8")
     key = f"{ns}:v"
     assert client.set(key, value) is True
     got = client.get(key)
@@ -103,7 +104,7 @@ def test_replace_only_stores_an_existing_key(client, ns) -> None:
     assert client.get(key) == "new"
 
 
-def test_append_and_prepend(client, ns) -> None:
+def test_append_and_prepend(cluster, make_client, client, ns) -> None:
     key = f"{ns}:k"
     assert client.append(key, b"tail") is False
     assert client.prepend(key, b"head") is False
@@ -113,9 +114,16 @@ def test_append_and_prepend(client, ns) -> None:
     assert client.prepend(key, b"head-") is True
     assert client.get(key) == b"head-middle-tail"
     text = f"{ns}:text"
-    client.set(text, "é")
-    assert client.append(text, "ü") is True
-    assert client.get(text) == "éü"
+    client.set(text, "e")
+    assert client.append(text, "u") is True
+    assert client.get(text) == "eu"
+    with pytest.raises(SerializationError):  # pymemcache's default encoding: ASCII
+        client.append(text, "ü")
+    utf8 = make_client(cluster, encoding="utf-8")
+    utf8.set(text, "é")
+    assert utf8.append(text, "ü") is True
+    assert utf8.get(text) == "éü"
+    assert client.get(text) == "éü"  # text is read back as UTF-8 whatever wrote it
 
 
 # -- delete -------------------------------------------------------------------
@@ -370,8 +378,9 @@ def test_pickle_works_when_asked_for(cluster, make_client, ns) -> None:
         safe.get(key)
 
 
-def test_values_interoperate_with_plain_pymemcache(client, ns) -> None:
+def test_values_interoperate_with_plain_pymemcache(cluster, make_client, ns) -> None:
     """pymemcache's values read as they are; memring's carry their version after the bytes."""
+    client = make_client(cluster, encoding="utf-8")
     cases = [("s", "héllo", "héllo".encode()), ("i", 42, b"42"), ("b", b"raw", b"raw")]
     for name, value, stored in cases:
         key = f"{ns}:{name}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pymemcache.serde import pickle_serde
 
-from memring import Client, ConfigError, Failover, Timeouts
+from memring import Client, ConfigError, Failover, HealthPolicy, Timeouts
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +74,9 @@ def test_default_noreply_still_waits_for_the_server(cluster, ns) -> None:
 
 @pytest.mark.parametrize("options", [
     {"bogus_option": 1},
-    {"retry_attempts": 2},
-    {"dead_timeout": 60},
+    {"hasher": object},
+    {"retry_attempts": 2, "health": HealthPolicy()},
+    {"serde": pickle_serde, "serializer": lambda k, v: (v, 0)},
     {"timeouts": Timeouts(1.0), "timeout": 0.5},
 ])
 def test_unknown_or_conflicting_options_raise_config_error(cluster, options) -> None:

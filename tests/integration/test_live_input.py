@@ -91,7 +91,7 @@ def test_every_control_character_and_space_is_refused(client, quiet, char) -> No
 
 
 def test_key_length_counts_the_prefix_in_bytes(cluster, make_client, raw, ns) -> None:
-    plain = make_client(cluster)
+    plain = make_client(cluster, allow_unicode_keys=True)
     longest = (ns + "x" * 250)[:250]
     assert plain.set(longest, "v") is True
     assert plain.get(longest) == "v"
@@ -158,7 +158,7 @@ def test_a_command_inside_a_value_is_just_data(fresh_cluster, make_client, ns) -
 @pytest.mark.parametrize("prefix", ["", "app:"])
 def test_value_too_large_writes_nothing(cluster, make_client, wire, everywhere, ns,
                                         prefix) -> None:
-    client = make_client(cluster, key_prefix=prefix)
+    client = make_client(cluster, key_prefix=prefix, encoding="utf-8")
     key = f"{ns}:big"
     stored_key = (prefix + key).encode()
     big = b"x" * MAX_ITEM

@@ -56,7 +56,7 @@ def test_next_moves_a_dead_nodes_keys_to_the_next_node(
 
 def test_next_every_write_works_on_the_failover_node(
         fresh_cluster, make_client, raw, keys_on, ns) -> None:
-    client = make_client(fresh_cluster)
+    client = make_client(fresh_cluster, encoding="utf-8")
     dead = fresh_cluster[1]
     a, b, c, d, e, f, g = keys_on(client, dead.node, 7, ns)
     dead.kill()

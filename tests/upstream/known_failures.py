@@ -36,18 +36,11 @@ class Known:
                 and re.search(self.message, message) is not None)
 
 
-_SOCKET_MODULE = Known(
-    ("test_integration.py::*",),
-    r"ConfigError: unknown Client options: socket_module",
-    "pymemcache's socket_module argument is refused "
-    "(memring/client/client.py:1099, _pymemcache_compat); every test passes it",
-)
-
 KNOWN: dict[str, tuple[Known, ...]] = {
     "pymemcache-control": (),
     "django-control": (),
-    "pymemcache-Client": (_SOCKET_MODULE,),
-    "pymemcache-BackupClient": (_SOCKET_MODULE,),
+    "pymemcache-Client": (),
+    "pymemcache-BackupClient": (),
     "django": (
         Known(
             ("cache.tests.PyMemcacheCacheTests.test_close",),
@@ -64,16 +57,6 @@ KNOWN: dict[str, tuple[Known, ...]] = {
             "reads pymemcache HashClient's default_kwargs (its serde's pickle "
             "version, no_delay), an internal of pymemcache's client",
             by_design=True,
-        ),
-        Known(
-            ("cache.tests.PyMemcacheCacheTests.test_incr",
-             "cache.tests.PyMemcacheCacheTests.test_decr"),
-            r"AttributeError: module 'memring' has no attribute 'exceptions'",
-            "the suite expects cache._lib.exceptions.MemcacheClientError; MemringCache "
-            "passes library=memring (memring/contrib/django.py:82), which has no "
-            "'exceptions'. Next: incr of a non-numeric value raises ServerError, not a "
-            "MemcacheClientError (memring/client/transport.py:97-98, _translate; "
-            "use errors.ClientReplyError)",
         ),
     ),
 }
