@@ -51,7 +51,8 @@ class _PortTaken(MemringError):
     """Another process holds the port memcached was to listen on."""
 
 
-def _stats_pid(address: tuple[str, int], tls_context: ssl.SSLContext | None = None) -> int | None:
+def _stats_pid(address: tuple[str, int] | str, tls_context: ssl.SSLContext | None = None
+               ) -> int | None:
     """The PID that the server listening on ``address`` reports in ``stats``."""
     client = Client(address, connect_timeout=0.5, timeout=0.5, tls_context=tls_context)
     try:
@@ -84,6 +85,10 @@ class MemcachedProcess:
     ``hang()``/``resume()`` send SIGSTOP/SIGCONT: the port stays open and
     connections are accepted by the kernel, but nothing is answered — the
     way a wedged or swapping server looks to a client.
+
+    ``unix_socket`` (an absolute path) starts it on that unix-domain socket
+    instead of a TCP port (memcached's ``-s``, which turns TCP off); its
+    node is then ``unix:<path>``. The caller owns the path's directory.
     """
 
     def __init__(
@@ -96,7 +101,11 @@ class MemcachedProcess:
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        unix_socket: str | None = None,
     ) -> None:
+        if unix_socket is not None and not unix_socket.startswith("/"):
+            raise ValueError(f"unix_socket must be an absolute path, got {unix_socket!r}")
+        self.unix_socket = unix_socket
         self.binary = find_memcached(binary)
         self.host = host
         self.port = port or free_port(host)
@@ -111,11 +120,12 @@ class MemcachedProcess:
 
     @property
     def node(self) -> Node:
-        return Node(self.host, self.port)
+        return Node(self.unix_socket) if self.unix_socket else Node(self.host, self.port)
 
     @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def address(self) -> tuple[str, int] | str:
+        """``(host, port)``, or the unix socket's path."""
+        return self.unix_socket or (self.host, self.port)
 
     @property
     def pid(self) -> int | None:
@@ -126,8 +136,10 @@ class MemcachedProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def _argv(self) -> list[str]:
+        where = (["-s", self.unix_socket, "-a", "0600"] if self.unix_socket
+                 else ["-l", self.host, "-p", str(self.port)])
         argv = [
-            self.binary, "-l", self.host, "-p", str(self.port), "-U", "0",
+            self.binary, *where, "-U", "0",
             "-m", str(self.memory_mb), "-t", str(self.threads), "-c", "4096",
         ]
         if os.geteuid() == 0:
@@ -169,7 +181,7 @@ class MemcachedProcess:
                 self.kill()
                 if self._pick_port and "in use" in err:
                     raise _PortTaken(err)
-                raise MemringError(f"memcached on {self.host}:{self.port} exited: {err.strip()}")
+                raise MemringError(f"memcached on {self.node.label} exited: {err.strip()}")
             try:
                 if _stats_pid(self.address, self.tls_context) == proc.pid:
                     return
@@ -177,7 +189,7 @@ class MemcachedProcess:
                 pass
             time.sleep(0.01)
         self.kill()
-        raise MemringError(f"memcached on {self.host}:{self.port} did not start in {timeout}s")
+        raise MemringError(f"memcached on {self.node.label} did not start in {timeout}s")
 
     def kill(self) -> None:
         """SIGKILL the process (by PID) and reap it. Idempotent."""
@@ -218,7 +230,7 @@ class MemcachedProcess:
 
     def __repr__(self) -> str:
         state = "hung" if self.hung else ("running" if self.running else "stopped")
-        return f"<MemcachedProcess {self.host}:{self.port} pid={self.pid} {state}>"
+        return f"<MemcachedProcess {self.node.label} pid={self.pid} {state}>"
 
 
 class LocalCluster:
@@ -235,7 +247,7 @@ class LocalCluster:
 
     @property
     def servers(self) -> list[str]:
-        return [f"{p.host}:{p.port}" for p in self.processes]
+        return [p.node.label for p in self.processes]
 
     @property
     def nodes(self) -> list[Node]:
