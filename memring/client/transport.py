@@ -72,10 +72,10 @@ _BATCH = COMMANDS["batch"].parse
 _TICK = 0.01
 #: The longest a metadump (a rebuild's list of keys) may take in all.
 _METADUMP_SECONDS = 300.0
-#: Methods the transport answers itself, without a request of their own:
-#: a rebuild's key listing (its own connection) and ``quit`` (closes the
-#: idle connections).
-_LOCAL = ("dump_keys", "quit")
+#: Methods the transport answers itself, each on a connection of its own or
+#: none: a rebuild's key listing, a raw command (its reply's shape is the
+#: caller's) and ``quit`` (closes the idle connections).
+_LOCAL = ("dump_keys", "raw", "quit")
 
 
 class Reply(Protocol):
@@ -487,7 +487,7 @@ class SocketTransport:
     def send(self, method: str, *args: Any) -> Reply:
         """Write the request of ``method(*args)`` now; read its reply with ``.result()``."""
         if method in _LOCAL:
-            return Ready.of(self.call, method)
+            return Ready.of(self.call, method, *args)
         try:
             request = COMMANDS[method].build(*args)
             conn, sock, fresh = self._checkout(_key_of(args))
@@ -513,6 +513,8 @@ class SocketTransport:
         if method == "quit":
             self._pool.drop_idle()
             return None
+        if method == "raw":
+            return self.raw(*args)
         return self._call(method, args, retry=True)
 
     def _call(self, method: str, args: tuple[Any, ...], retry: bool) -> Any:
@@ -700,6 +702,38 @@ class SocketTransport:
                 sock.settimeout(self.read_timeout)
         except OSError:
             pass  # a closed socket: it is dropped anyway
+
+    def raw(self, command: bytes, end_tokens: bytes) -> bytes:
+        """``command``'s reply up to ``end_tokens``, on a connection of its own.
+
+        The reply's shape is the caller's guess: whatever follows the end
+        tokens must never reach a pooled call, so the connection is closed
+        after it, and the call is bounded by the read timeout in all.
+        """
+        conn = self._connection()
+        args = (command, end_tokens)
+        parse = COMMANDS["raw"].parse
+        deadline = time.monotonic() + self.read_timeout
+        buf = b""
+        try:
+            conn._connect()
+            sock = conn.sock
+            assert sock is not None
+            sock.sendall(COMMANDS["raw"].build(*args))
+            while True:
+                self._limit_wait(sock, deadline, socket.SO_RCVTIMEO)
+                chunk = sock.recv(READ_SIZE)
+                if not chunk:
+                    raise _Cut()
+                buf += chunk
+                result, _ = parse(buf, 0, args, self._limit)
+                if result is not INCOMPLETE:
+                    reply: bytes = result
+                    return reply
+        except Exception as exc:
+            _memring_error(exc, self.node, None, self.read_timeout)
+        finally:
+            conn.close()
 
     def dump_keys(self) -> list[bytes]:
         """Every key the node holds (``lru_crawler metadump all``), for rebuilding a copy.

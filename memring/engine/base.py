@@ -47,6 +47,7 @@ from memring.errors import (
     MemringError,
     MultiKeyError,
     NodeUnavailable,
+    ProtocolError,
     SerializationError,
     ServerError,
     UnpicklableValue,
@@ -372,7 +373,12 @@ class Engine:
 
         One line: a command holding CR or LF raises
         :class:`~memring.InvalidArgument` (it would put the connection out of
-        step). A reply larger than the item size limit is refused.
+        step). An error reply raises (a :class:`~memring.ServerError`), and so
+        does a reply that outgrows the item size limit before its end tokens
+        (:class:`~memring.ProtocolError`). Each node's call has a connection
+        of its own, closed after it, so what follows the end tokens is
+        dropped and never read by another call. A node that cannot be
+        reached is left out. A raw reply never changes a node's health.
         """
         encoding = "utf-8" if self.unicode_keys else "ascii"
         raw = _text_arg("command", command, encoding)
@@ -382,10 +388,10 @@ class Engine:
         if not end:
             raise InvalidArgument("end_tokens must not be empty")
         nodes = self.live_nodes()
-        results = yield [Call(n, "raw", (raw, end)) for n in nodes]
+        results = yield Quiet([Call(n, "raw", (raw, end)) for n in nodes])
         out: dict[str, bytes] = {}
         for node, got in zip(nodes, results, strict=True):
-            if isinstance(got, ServerError):
+            if isinstance(got, (ServerError, ProtocolError)):
                 raise got
             if not isinstance(got, MemringError):
                 out[node.label] = got

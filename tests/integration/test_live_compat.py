@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 from pymemcache.serde import pickle_serde
 
-from memring import Client, ConfigError, Failover, HealthPolicy, Timeouts
+from memring import (
+    Client,
+    ConfigError,
+    Failover,
+    HealthPolicy,
+    InvalidArgument,
+    NodeState,
+    ProtocolError,
+    Timeouts,
+    UnknownCommandError,
+)
+from memring.tools.local import MemcachedProcess
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +94,74 @@ def test_unknown_or_conflicting_options_raise_config_error(cluster, options) -> 
     with pytest.raises(ConfigError) as info:
         Client(cluster.servers, **options)
     assert isinstance(info.value, ValueError)
+
+
+# -- the methods pymemcache has, on real servers ------------------------------------
+def test_cache_memlimit_sets_every_node(fresh_cluster) -> None:
+    with Client(fresh_cluster.servers) as client:
+        assert client.cache_memlimit(80) is True
+        for label, stats in client.stats("settings").items():
+            assert stats[b"maxbytes"] == str(80 * 1024 * 1024).encode(), label
+        with pytest.raises(InvalidArgument):
+            client.cache_memlimit("80")
+
+
+def test_stats_cachedump_is_read_not_taken_for_garbage(cluster, ns) -> None:
+    with Client(cluster.servers) as client:
+        client.set(f"{ns}:k", b"v")
+        dumps = client.stats("cachedump", "1", "1")
+        assert set(dumps) == {n.label for n in client.ring.nodes}
+        assert all(s.state is NodeState.UP for s in client.health().values())
+
+
+def test_raw_command_reads_up_to_the_end_tokens(cluster, ns) -> None:
+    with Client(cluster.servers) as client:
+        client.set(f"{ns}:raw", b"v")
+        versions = client.raw_command("version")
+        assert set(versions) == {n.label for n in client.ring.nodes}
+        assert all(v.startswith(b"VERSION 1.") for v in versions.values())
+        home = client.route(f"{ns}:raw").label
+        got = client.raw_command(f"mg {ns}:raw s", end_tokens=b"\r\n")
+        assert got[home] == b"HD s13"  # the value and its 12-byte trailer
+        assert all(v == b"EN" for label, v in got.items() if label != home)
+        items = client.raw_command(b"stats items", b"END\r\n")  # a multi-line reply
+        assert b"STAT items:" in items[home]
+        with pytest.raises(InvalidArgument):
+            client.raw_command("version\r\nflush_all")
+        with pytest.raises(UnknownCommandError):
+            client.raw_command("no_such_command")
+        # The reply goes on past the end tokens: the rest is dropped with its connection.
+        assert client.raw_command(f"mg {ns}:raw v")[home] == b"VA 13"
+        with Client(cluster.servers, max_item_size=200) as small, pytest.raises(ProtocolError):
+            small.raw_command("stats", end_tokens=b"never")  # no end within the size limit
+        assert all(s.state is NodeState.UP for s in client.health().values())
+        assert client.get(f"{ns}:raw") == b"v"  # every connection still in step
+
+
+def test_quit_closes_the_idle_connections_and_the_client_goes_on(cluster, ns) -> None:
+    with Client(cluster.servers) as client:
+        client.set(f"{ns}:q", b"v")
+        pools = [t._pool for t in client._transports.values()]
+        assert sum(len(p) for p in pools) >= 1
+        client.quit()
+        assert sum(len(p) for p in pools) == 0
+        assert client.get(f"{ns}:q") == b"v"
+
+
+def test_shutdown_stops_servers_that_allow_it_and_says_when_refused(memcached_binary) -> None:
+    allowed = MemcachedProcess(binary=memcached_binary, extra_args=["-A"])
+    refusing = MemcachedProcess(binary=memcached_binary)
+    try:
+        for p in (allowed, refusing):
+            p.start()
+        with Client([allowed.node.label], timeouts=Timeouts(0.5)) as client:
+            client.set("k", b"v")
+            client.shutdown()
+            assert allowed._proc is not None and allowed._proc.wait(timeout=5) == 0
+        with Client([refusing.node.label]) as client:
+            with pytest.raises(UnknownCommandError, match="shutdown not enabled"):
+                client.shutdown(graceful=True)
+            assert refusing.running and client.get("k") is None
+    finally:
+        allowed.kill()
+        refusing.kill()
