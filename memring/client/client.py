@@ -37,8 +37,10 @@ class Client(SyncFace, PymemcacheMethods):
     >>> client.set("session:42", {"user": 7}, expire=1800)                         # doctest: +SKIP
     True
 
-    ``servers`` are ``"host:port[:weight]"`` strings, ``(host, port)`` tuples
-    or :class:`~memring.Node` objects. Everything else is keyword-only:
+    ``servers`` are ``"host:port[:weight]"`` strings, ``(host, port)`` tuples,
+    unix sockets (``"unix:/path"`` or ``"/path"``) or :class:`~memring.Node`
+    objects; one ``(host, port)`` tuple alone is one server, as pymemcache's
+    ``Client`` takes it. Everything else is keyword-only:
 
     failover
         ``Failover("next")`` (default) or ``Failover("fail")``, or the
@@ -63,8 +65,12 @@ class Client(SyncFace, PymemcacheMethods):
         Connections kept per node (default: one per concurrent thread), and
         TLS.
 
-    pymemcache ``HashClient`` keyword arguments are accepted too, so code and
-    frameworks written for it work unchanged (see the README).
+    Every keyword argument of pymemcache's ``Client``, ``PooledClient`` and
+    ``HashClient`` is accepted too, with its meaning there, or refused with a
+    reason (:data:`memring.engine.compat.ARGUMENTS`; the README has the
+    table), so code and frameworks written for pymemcache work unchanged.
+    As in pymemcache, a non-ASCII str key or value raises unless
+    ``allow_unicode_keys=True`` / ``encoding="utf-8"``.
 
     Every write waits for the server's reply: a call that returns without
     error has stored its data. ``noreply=True`` makes store commands return

@@ -6,7 +6,8 @@
 * :mod:`~memring.engine.health` — each node's state, probe timetable;
 * :mod:`~memring.engine.ops` — how operations ask a face for I/O;
 * :mod:`~memring.engine.policies`, :mod:`~memring.engine.config`,
-  :mod:`~memring.engine.defaults` — the settings;
+  :mod:`~memring.engine.defaults` — the settings, and
+  :mod:`~memring.engine.compat` — pymemcache's arguments mapped onto them;
 * :mod:`~memring.engine.keys`, :mod:`~memring.engine.serde` — keys and values.
 
 Why a sans-I/O engine: the thread face (:mod:`memring.client`) and the
