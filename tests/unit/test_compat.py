@@ -19,7 +19,7 @@ from pymemcache.client.base import Client as PmClient
 from pymemcache.client.base import KeepaliveOpts, PooledClient
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheClientError
-from pymemcache.serde import LegacyWrappingSerde, pickle_serde
+from pymemcache.serde import FLAG_TEXT, LegacyWrappingSerde, pickle_serde
 
 import memring
 from memring import (
@@ -35,7 +35,7 @@ from memring import (
 )
 from memring.client.transport import SocketTransport
 from memring.engine import compat, defaults
-from memring.engine.serde import FLAG_TEXT, SafeSerde
+from memring.engine.serde import SafeSerde
 from tests.fakes import FakeClock, FakeCluster
 
 PYMEMCACHE_CLASSES = (PmClient, PooledClient, HashClient)
