@@ -150,7 +150,11 @@ def translate(options: dict[str, Any], *, failover: Failover | str,
         raise ConfigError(f"hasher is not supported: {ARGUMENTS['hasher'].meaning}")
     timeouts = _timeouts(options, timeouts)
     if _bool("ignore_exc", options.pop("ignore_exc", False)):
-        failover = Failover("fail", return_default=True)
+        wanted = Failover("fail", return_default=True)
+        if isinstance(failover, Failover) and failover != wanted:
+            raise ConfigError(f"ignore_exc=True means {wanted!r}; it contradicts "
+                              f"failover={failover!r}: pass one of them")
+        failover = wanted
     health, failover = _health(options, health, failover)
     encoding = _encoding(options.pop("encoding", "ascii"))
     for name in ("no_delay", "use_pooling"):

@@ -141,6 +141,7 @@ def test_a_short_dead_timeout_keeps_the_default_failover() -> None:
     {"retry_attempts": 2, "health": HealthPolicy()},
     {"dead_timeout": 60, "failover": Failover("next")},  # copies too short for the probes
     {"timeout": 1, "timeouts": Timeouts()},
+    {"ignore_exc": True, "failover": Failover("next")},
     {"ignore_exc": 1}, {"no_delay": "yes"}, {"use_pooling": None}, {"default_noreply": 0},
     {"allow_unicode_keys": "y"}, {"encoding": "no-such-codec"}, {"encoding": 8},
     {"serializer": "pickle"}, {"serde": pickle_serde, "serializer": lambda k, v: (v, 0)},
@@ -155,8 +156,10 @@ def test_bad_values_raise_config_error(options: dict[str, Any]) -> None:
 
 
 def test_ignore_exc_is_failover_fail_with_defaults() -> None:
-    client = Client(["10.0.0.1:11211"], ignore_exc=True, _background=False)
-    assert client.failover == Failover("fail", return_default=True)
+    wanted = Failover("fail", return_default=True)
+    assert Client(["10.0.0.1:11211"], ignore_exc=True, _background=False).failover == wanted
+    assert Client(["10.0.0.1:11211"], ignore_exc=True, failover=wanted,
+                  _background=False).failover == wanted
 
 
 # -- serde, serializer/deserializer, encoding, unicode keys ---------------------------
