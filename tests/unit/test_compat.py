@@ -342,3 +342,21 @@ def test_every_pymemcache_method_exists() -> None:
     for cls in PYMEMCACHE_CLASSES:
         missing = [n for n in dir(cls) if not n.startswith("_") and not hasattr(Client, n)]
         assert missing == [], f"{cls.__name__}: {missing}"
+
+
+@pytest.mark.parametrize("cls", PYMEMCACHE_CLASSES, ids=lambda c: c.__name__)
+def test_every_pymemcache_method_takes_pymemcaches_arguments(cls: type) -> None:
+    """Each parameter pymemcache names, memring's method takes by the same name and,
+    for the single-server clients, in the same position."""
+    wrong = []
+    for name in dir(cls):
+        fn = getattr(cls, name)
+        if name.startswith("_") or not callable(fn) or isinstance(fn, type):
+            continue
+        theirs = [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        mine = [p for p in inspect.signature(getattr(Client, name)).parameters if p != "self"]
+        if not set(theirs) <= set(mine) or (cls is not HashClient
+                                            and mine[:len(theirs)] != theirs):
+            wrong.append(f"{name}: pymemcache {theirs}, memring {mine}")
+    assert wrong == []
