@@ -86,8 +86,8 @@ class Reply(Protocol):
 
 
 class NodeTransport(Protocol):
-    """Raw commands on one node (:data:`memring.protocol.COMMANDS`, plus ``dump_keys``
-    and ``quit``).
+    """Raw commands on one node (:data:`memring.protocol.COMMANDS`; ``dump_keys``,
+    ``raw`` and ``quit`` are answered on a connection of their own, or none).
 
     Every method raises memring errors only.
     """
