@@ -324,3 +324,43 @@ def test_an_overlong_cas_token_is_refused() -> None:
     got, _ = parse_meta(b"VA 1 f0 t-1 c" + b"9" * 20 + b" k" + b"k" * 200 + b"\r\nx\r\n", 0,
                         ([b"k" * 200],), 1 << 20)
     assert got[b"k" * 200][1] == b"9" * 20  # a long key is fine: only numbers are bounded
+
+
+def test_stats_cachedump_item_lines_are_read_as_pymemcache_reads_them() -> None:
+    reply = b"ITEM a [1 b; 0 s]\r\nITEM bb [13 b; 1796192840 s]\r\nEND\r\n"
+    assert COMMANDS["stats"].parse(reply, 0, ("cachedump", "1", "1"), LIMIT) == (
+        {b"a": b"[1 b; 0 s]", b"bb": b"[13 b; 1796192840 s]"}, len(reply))
+    with pytest.raises(BadReply):
+        COMMANDS["stats"].parse(b"VALUE a 0 1\r\nx\r\nEND\r\n", 0, (), LIMIT)
+
+
+@pytest.mark.parametrize(("reply", "end", "expected"), [
+    (b"VERSION 1.6.18\r\n", b"\r\n", b"VERSION 1.6.18"),
+    (b"STAT a 1\r\nSTAT b 2\r\nEND\r\n", b"END\r\n", b"STAT a 1\r\nSTAT b 2\r\n"),
+    (b"HD\r\nmore", b"\r\n", b"HD"),  # what follows is the caller's to drop
+])
+def test_a_raw_reply_is_read_up_to_its_end_tokens(reply: bytes, end: bytes,
+                                                  expected: bytes) -> None:
+    args = (b"cmd", end)
+    assert COMMANDS["raw"].build(*args) == b"cmd\r\n"
+    for cut in range(len(reply)):
+        if reply.find(end) + len(end) > cut:
+            assert COMMANDS["raw"].parse(reply[:cut], 0, args, LIMIT)[0] is INCOMPLETE
+    assert COMMANDS["raw"].parse(reply, 0, args, LIMIT)[0] == expected
+
+
+@pytest.mark.parametrize("line", [b"ERROR", b"CLIENT_ERROR bad", b"SERVER_ERROR no",
+                                  b"ERROR: shutdown not enabled"])
+def test_raw_and_shutdown_raise_an_error_line(line: bytes) -> None:
+    for method, args in (("raw", (b"x", b"END\r\n")), ("shutdown", (False,))):
+        with pytest.raises(ErrorLine) as info:
+            COMMANDS[method].parse(line + b"\r\n", 0, args, LIMIT)
+        assert info.value.line == line
+
+
+def test_a_raw_reply_without_its_end_is_refused_past_the_limit() -> None:
+    with pytest.raises(BadReply):
+        COMMANDS["raw"].parse(b"x" * 101, 0, (b"cmd", b"never"), 100)
+    assert COMMANDS["shutdown"].build(True) == b"shutdown graceful\r\n"
+    with pytest.raises(BadReply):
+        COMMANDS["shutdown"].parse(b"OK\r\n", 0, (False,), LIMIT)
