@@ -16,7 +16,6 @@ pymemcache argument fails a test, not a user's start-up.
 
 from __future__ import annotations
 
-import codecs
 import math
 import sys
 import types
@@ -226,10 +225,7 @@ def _health(options: dict[str, Any], health: HealthPolicy | None, failover: Fail
 def _encoding(value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"encoding must be a codec name, got {value!r}")
-    try:
-        return codecs.lookup(value).name
-    except LookupError:
-        raise ConfigError(f"unknown encoding {value!r}") from None
+    return SafeSerde(encoding=value).encoding  # its name, or ConfigError
 
 
 def _serde(options: dict[str, Any], serde: Serde | None, encoding: str) -> Serde:

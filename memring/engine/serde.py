@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from pymemcache.serde import FLAG_BYTES, FLAG_INTEGER, FLAG_LONG, FLAG_PICKLE, FLAG_TEXT
 
-from memring.errors import SerializationError
+from memring.errors import ConfigError, SerializationError
 
 __all__ = ["FLAG_JSON", "RESERVED_FLAGS", "SafeSerde", "Serde", "safe_serde"]
 
@@ -51,7 +51,10 @@ class SafeSerde:
     """
 
     def __init__(self, encoding: str = "utf-8") -> None:
-        self.encoding = codecs.lookup(encoding).name
+        try:
+            self.encoding = codecs.lookup(encoding).name
+        except (LookupError, TypeError):
+            raise ConfigError(f"unknown encoding {encoding!r}") from None
         self._decoding = "utf-8" if self.encoding == "ascii" else self.encoding
 
     def __repr__(self) -> str:

@@ -230,6 +230,8 @@ def test_safe_serde_keeps_utf8_unless_told() -> None:
     assert SafeSerde().serialize(b"k", "é") == ("é".encode(), FLAG_TEXT)
     with pytest.raises(SerializationError):
         SafeSerde("ascii").serialize(b"k", "é")
+    with pytest.raises(ConfigError):
+        SafeSerde("no-such-codec")
 
 
 # -- the socket options reach the transport -------------------------------------
