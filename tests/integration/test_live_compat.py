@@ -165,3 +165,35 @@ def test_shutdown_stops_servers_that_allow_it_and_says_when_refused(memcached_bi
     finally:
         allowed.kill()
         refusing.kill()
+
+
+def test_socket_options_are_on_the_real_connections(cluster, ns) -> None:
+    import socket
+    import threading
+    import time
+
+    from pymemcache.client.base import KeepaliveOpts
+
+    locks: list[object] = []
+
+    def lock_generator() -> object:
+        locks.append(threading.Lock())
+        return locks[-1]
+
+    with Client(cluster.servers, socket_module=socket, pool_idle_timeout=0.2,
+                socket_keepalive=KeepaliveOpts(idle=7, intvl=3, cnt=2),
+                lock_generator=lock_generator) as client:
+        assert len(locks) == len(cluster.nodes)
+        key = f"{ns}:opts"
+        client.set(key, b"v")
+        pool = client._transports[client.route(key)]._pool
+        (conn,) = list(pool.free)
+        sock = conn.sock
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 2
+        assert client.get(key) == b"v"
+        assert list(pool.free) == [conn]  # reused while fresh
+        time.sleep(0.3)
+        assert client.get(key) == b"v"
+        assert list(pool.free) != [conn] and conn.sock is None  # idle too long: replaced
