@@ -362,3 +362,18 @@ def test_every_pymemcache_method_takes_pymemcaches_arguments(cls: type) -> None:
                                             and mine[:len(theirs)] != theirs):
             wrong.append(f"{name}: pymemcache {theirs}, memring {mine}")
     assert wrong == []
+
+
+def test_retry_attempts_failures_in_a_row_take_a_node_out(fake: FakeCluster) -> None:
+    with on(fake, retry_attempts=2) as client:
+        dead = fake.nodes[0]
+        key = next(k for k in (f"k{i}" for i in range(1000)) if client.ring.node_for(k) == dead)
+        fake[dead].kill()
+        for _ in range(2):  # below retry_attempts + 1 failures each call raises
+            with pytest.raises(memring.NodeUnavailable):
+                client.get(key)
+            assert client.health()[dead.label].state is memring.NodeState.UP
+        assert client.get(key) is None  # the third failure takes it out; this call fails over
+        assert client.health()[dead.label].state is memring.NodeState.DOWN
+        assert client.set(key, b"v") is True  # now its keys fail over
+        assert client.get(key) == b"v"
