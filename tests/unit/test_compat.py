@@ -190,7 +190,7 @@ def test_pymemcaches_defaults_refuse_non_ascii_keys_and_text(fake) -> None:
             client.set("k", "olé")
         for error in (key_error.value, value_error.value):
             assert isinstance(error, MemcacheClientError)  # what pymemcache raises
-        assert all(s.peek(b"k") is None for s in fake.servers.values())
+        assert sum(sum(s.calls.values()) for s in fake.servers.values()) == 0  # nothing sent
         assert client.set("k", "ascii text") is True
         assert client.get("k") == "ascii text"
 
@@ -325,6 +325,15 @@ def test_check_key_is_the_wire_form_with_the_prefix(fake) -> None:
             client.check_key("a b")
         with pytest.raises(InvalidKey):
             client.check_key("k" * 250)
+
+
+def test_quit_leaves_the_client_usable(fake) -> None:
+    with on(fake) as client:
+        client.set("k", b"v")
+        before = {n: dict(s.calls) for n, s in fake.servers.items()}
+        assert client.quit() is None
+        assert {n: dict(s.calls) for n, s in fake.servers.items()} == before
+        assert client.get("k") == b"v"
 
 
 def test_membership_methods_say_why_they_are_missing(fake) -> None:
