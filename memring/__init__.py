@@ -1,5 +1,6 @@
 """memring: a Memcached client for web sessions that survives losing nodes."""
 
+from memring.aio import AsyncBackupClient, AsyncClient
 from memring.client import BackupClient, Client
 from memring.engine import Failover, HealthPolicy, NodeState, NodeStatus, Timeouts
 from memring.errors import (
@@ -30,6 +31,8 @@ from memring.hashring import HashRing, Node
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncBackupClient",
+    "AsyncClient",
     "BackupClient",
     "Client",
     "ClientReplyError",

@@ -15,7 +15,8 @@
   - restarted: up again, empty, with a new pid and uptime 0.
 
 * :class:`FakeCluster` — ``n`` fake nodes and the ``_transport_factory`` that
-  gives each client its own :class:`FakeTransport` to them.
+  gives each client its own :class:`FakeTransport` to them
+  (:class:`AsyncFakeTransport` for the asyncio face).
 
 Like the real transport, the fakes raise memring errors only.
 """
@@ -34,7 +35,8 @@ from memring.client.transport import Ready
 from memring.engine.versions import HybridClock
 from memring.errors import NodeTimeout, NodeUnavailable, ServerError
 
-__all__ = ["FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport", "SingleFault"]
+__all__ = ["AsyncFakeTransport", "FakeClock", "FakeCluster", "FakeMemcached", "FakeTransport",
+           "SingleFault"]
 
 Item = tuple[bytes, int]
 
@@ -462,6 +464,39 @@ class FakeTransport:
         pass
 
 
+class _AsyncReady:
+    """A reply already in hand, awaited as the async transport's replies are."""
+
+    __slots__ = ("_ready",)
+
+    def __init__(self, ready: Ready) -> None:
+        self._ready = ready
+
+    async def result(self) -> Any:
+        return self._ready.result()
+
+    def abandon(self) -> None:
+        pass
+
+
+class AsyncFakeTransport(FakeTransport):
+    """:class:`FakeTransport` at the async transport's seam: the same fake node and link
+    faults, with ``async`` methods (that never suspend: the fake answers at once)."""
+
+    async def call(self, method: str, *args: Any) -> Any:  # type: ignore[override]
+        return FakeTransport.call(self, method, *args)
+
+    def send(self, method: str, *args: Any) -> _AsyncReady:  # type: ignore[override]
+        return _AsyncReady(Ready.of(FakeTransport.call, self, method, *args))
+
+    async def get(self, key: bytes) -> Item | None:  # type: ignore[override]
+        item: Item | None = FakeTransport.call(self, "get_many", [key]).get(key)
+        return item
+
+    async def set(self, key: bytes, item: Item, expire: int) -> bool:  # type: ignore[override]
+        return bool(FakeTransport.call(self, "set", key, item, expire))
+
+
 class FakeCluster:
     """``n`` fake nodes on made-up addresses; pass :meth:`transport_factory` to clients.
 
@@ -483,6 +518,12 @@ class FakeCluster:
 
     def transport_factory(self, node: Node) -> FakeTransport:
         t = FakeTransport(self.servers[node])
+        self.transports.append(t)
+        return t
+
+    def async_transport_factory(self, node: Node) -> AsyncFakeTransport:
+        """:meth:`transport_factory` for the asyncio face."""
+        t = AsyncFakeTransport(self.servers[node])
         self.transports.append(t)
         return t
 

@@ -7,26 +7,19 @@ common case, a home node that is up, which calls its transport directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from memring.client.face import SyncFace, sync_method
-from memring.engine import defaults
-from memring.engine.base import Engine, check_expire, check_flags, check_noreply
+from memring.engine.base import Engine
 from memring.engine.compat import PymemcacheMethods
 from memring.engine.health import NodeState
 from memring.engine.keys import encode_key
-from memring.engine.policies import Failover, HealthPolicy, Timeouts
-from memring.engine.serde import Serde
 from memring.engine.single import SingleEngine
 from memring.errors import MemringError
-from memring.hashring import DEFAULT_VNODES, Node
-from memring.hashring.node import NodeSpec
 
 __all__ = ["Client"]
 
 _UP = NodeState.UP
-_INT32 = 1 << 31
 _THIRTY_DAYS = 30 * 24 * 3600
 
 
@@ -80,36 +73,6 @@ class Client(SyncFace, PymemcacheMethods):
     ENGINE = SingleEngine
     _engine: SingleEngine
 
-    def __init__(
-        self,
-        servers: Iterable[NodeSpec] | str,
-        *,
-        failover: Failover | str = defaults.FAILOVER_MODE,
-        timeouts: Timeouts | None = None,
-        health: HealthPolicy | None = None,
-        serde: Serde | None = None,
-        key_prefix: bytes | str = b"",
-        hash: str = defaults.HASH,
-        vnodes: int = DEFAULT_VNODES,
-        max_item_size: int = defaults.MAX_VALUE_SIZE,
-        max_pool_size: int | None = defaults.MAX_POOL_SIZE,
-        tls_context: Any = None,
-        **pymemcache_options: Any,
-    ) -> None:
-        super().__init__(
-            servers, failover=failover, timeouts=timeouts, health=health, serde=serde,
-            key_prefix=key_prefix, hash=hash, vnodes=vnodes, max_item_size=max_item_size,
-            max_pool_size=max_pool_size, tls_context=tls_context, **pymemcache_options)
-
-    def route(self, key: str | bytes) -> Node:
-        """The node a call for ``key`` would talk to now (home, or its failover node)."""
-        engine = self._engine
-        kb = engine.key(key)
-        home = engine.ring.node_for(kb)
-        if engine.health.state(home) is NodeState.DOWN and engine.failover.mode == "next":
-            return engine.failover_node(kb, home)
-        return home
-
     # -- the fast paths: a home node that is up ----------------------------
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` on a miss."""
@@ -126,17 +89,6 @@ class Client(SyncFace, PymemcacheMethods):
             return self._run(engine.get_kb(kb, default, exc))
         health.succeeded()
         return default if raw is None else engine.home_value(kb, raw, default, home)
-
-    def _store_args(self, key: str | bytes, value: Any, expire: Any, noreply: Any, flags: Any
-                    ) -> tuple[bytes, tuple[bytes, int]]:
-        """A store call's wire key and serialized item; every argument checked first."""
-        engine = self._engine
-        kb = encode_key(key, engine.prefix, engine.unicode_keys)
-        if expire.__class__ is not int or not -_INT32 <= expire < _INT32:
-            check_expire(expire)
-        if noreply is not None and noreply.__class__ is not bool:
-            check_noreply(noreply)
-        return kb, engine.serialize(kb, value, None if flags is None else check_flags(flags))
 
     def set(self, key: str | bytes, value: Any, expire: int = 0, noreply: bool | None = None,
             flags: int | None = None) -> bool:

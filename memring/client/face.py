@@ -15,23 +15,20 @@ the engine.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from memring import _fork
-from memring.engine import versions
-from memring.engine.base import Engine
-from memring.engine.config import Settings, resolve
+from memring.engine.api import Face, as_operation, logged
+from memring.engine.config import Settings
 from memring.engine.health import NodeStatus
 from memring.engine.ops import Call, Op, Quiet, Results
 from memring.errors import MemringError
-from memring.hashring import HashRing, Node
+from memring.hashring import Node
+from memring.hashring.node import NodeSpec
 
 __all__ = ["SyncFace", "sync_method"]
 
@@ -39,11 +36,6 @@ log = logging.getLogger("memring")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-TransportFactory = Callable[[Node], Any]
-
-#: Options only the tests pass (fakes at the transport seam, a fake clock, no threads).
-_PRIVATE = ("_transport_factory", "_clock", "_background", "_sleep", "_hlc")
-
 
 def sync_method(fn: Callable[Concatenate[Any, P], Op[T]]) -> Callable[Concatenate[Any, P], T]:
     """The face method that runs engine operation ``fn`` to its result."""
@@ -53,58 +45,30 @@ def sync_method(fn: Callable[Concatenate[Any, P], Op[T]]) -> Callable[Concatenat
         result: T = self._run(getattr(self._engine, name)(*args, **kwargs))
         return result
 
-    functools.update_wrapper(method, fn)
-    del method.__wrapped__  # type: ignore[attr-defined]
-    _unwrap_op_annotation(method, fn)
-    return method
+    return as_operation(method, fn)  # type: ignore[no-any-return]
 
 
-def _unwrap_op_annotation(method: Any, fn: Any) -> None:
-    """Show ``-> T`` (not ``-> Op[T]``) in the method's signature and help()."""
-    sig = inspect.signature(fn)
-    ret = sig.return_annotation
-    if isinstance(ret, str):
-        m = re.fullmatch(r"Op\[(.*)\]", ret)
-        if m:
-            ret = m.group(1)
-    method.__signature__ = sig.replace(return_annotation=ret)
-    method.__annotations__ = {**fn.__annotations__, "return": ret}
-
-
-class SyncFace:
+class SyncFace(Face):
     """The engine driven with blocking sockets and threads (see the module docstring)."""
 
-    _engine: Engine
-    ENGINE: type[Engine]
-
-    def __init__(self, servers: Iterable[Any] | str, **options: Any) -> None:
-        private = {name: options.pop(name) for name in _PRIVATE if name in options}
-        settings = resolve(clock=private.get("_clock"), **options)
-        self._settings = settings
-        self._engine = self.ENGINE(servers, settings, hlc=private.get("_hlc") or versions.clock())
-        factory: TransportFactory | None = private.get("_transport_factory")
-        if factory is None:
-            from memring.client.transport import SocketTransport
-
-            def factory(node: Node) -> Any:
-                return SocketTransport(node, timeouts=settings.timeouts,
-                                       max_item_size=settings.max_item_size,
-                                       max_pool_size=settings.max_pool_size,
-                                       tls_context=settings.tls_context,
-                                       **settings.sockets.as_kwargs())
-        self._transports: dict[Node, Any] = {n: factory(n) for n in self._engine.ring.nodes}
-        for transport in self._transports.values():
-            if hasattr(transport, "on_reconnect"):
-                transport.on_reconnect = self._engine.note_reconnect
-        self._engine.attach(self._transports)
-        self._background = bool(private.get("_background", True))
-        self._sleep: Callable[[float], None] = private.get("_sleep", time.sleep)
+    def __init__(self, servers: Iterable[NodeSpec] | str, **options: Any) -> None:
+        super().__init__(servers, **options)
+        self._sleep: Callable[[float], None] = self._private.get("_sleep", time.sleep)
         self._wake_lock = threading.Condition()
         self._thread: threading.Thread | None = None
         #: Threads running long background work (handoffs, rebuilds).
         self._workers: set[threading.Thread] = set()
         self._engine.health.on_change = self._wake
         _fork.register(self, SyncFace._after_fork)
+
+    def _new_transport(self, node: Node, settings: Settings, options: Mapping[str, Any]) -> Any:
+        from memring.client.transport import SocketTransport
+
+        return SocketTransport(node, timeouts=settings.timeouts,
+                               max_item_size=settings.max_item_size,
+                               max_pool_size=settings.max_pool_size,
+                               tls_context=settings.tls_context,
+                               **settings.sockets.as_kwargs(), **options)
 
     # ------------------------------------------------------------------
     # driving the engine
@@ -159,7 +123,7 @@ class SyncFace:
     # background work
     def _wake(self) -> None:
         """Something needs background work: make sure the runner runs."""
-        if not self._background or self._engine.closed:
+        if self._no_background():
             return
         with self._wake_lock:
             if self._thread is None or not self._thread.is_alive():
@@ -180,70 +144,29 @@ class SyncFace:
                     self._wake_lock.wait(timeout=max(0.01, wait))
 
     def _tick(self) -> float | None:
-        """Run the background work due now (and any it makes due, such as a
-        returned node's handoff); seconds until more is due (None: none is)."""
-        for _ in range(8):
-            work, wait = self._engine.background()
-            if not work:
-                return wait
-            for op, long in work:
-                if long and self._background:
-                    worker = threading.Thread(target=self._run_worker, args=(op,),
-                                              name="memring-worker", daemon=True)
-                    with self._wake_lock:
-                        self._workers.add(worker)
-                    worker.start()
-                else:
-                    self._run_logged(op)
-        return 0.0
+        """Run the background work due now; seconds until more is due (None: none is)."""
+        wait, apart = self._run(self._tick_op())
+        for op in apart:
+            worker = threading.Thread(target=self._run_worker, args=(op,),
+                                      name="memring-worker", daemon=True)
+            with self._wake_lock:
+                self._workers.add(worker)
+            worker.start()
+        return wait
 
     def _run_worker(self, op: Op[Any]) -> None:
         try:
-            self._run_logged(op)
+            self._run(logged(op))
         finally:
             with self._wake_lock:
                 self._workers.discard(threading.current_thread())
 
-    def _run_logged(self, op: Op[Any]) -> None:
-        try:
-            self._run(op)
-        except Exception:  # background work must never kill its thread
-            log.exception("memring background work failed")
-
     # ------------------------------------------------------------------
     # public introspection
-    @property
-    def ring(self) -> HashRing:
-        """The placement ring."""
-        return self._engine.ring
-
-    @property
-    def failover(self) -> Any:
-        """The :class:`~memring.Failover` policy."""
-        return self._engine.failover
-
-    @property
-    def timeouts(self) -> Any:
-        """The :class:`~memring.Timeouts`."""
-        return self._engine.timeouts
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
     def health(self) -> dict[str, NodeStatus]:
         """Per-node state and counters, keyed by node label; reads every
         reachable node's ``stats`` for its pid and uptime now."""
         return self._run(self._engine.health_report())
-
-    def metrics(self) -> dict[str, Any]:
-        """Counters: per node (ops, errors, timeouts, failovers, state changes) and
-        client-wide. Every key is there from the start."""
-        return self._engine.metrics()
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({[n.label for n in self._engine.ring.nodes]!r}, "
-                f"failover={self._engine.failover!r}, timeouts={self._engine.timeouts!r})")
 
     # ------------------------------------------------------------------
     # life cycle

@@ -20,7 +20,6 @@ the pool, never reused: its stream could be out of step.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import select
 import socket
@@ -37,16 +36,14 @@ from pymemcache.exceptions import MemcacheError
 
 from memring.engine.policies import Timeouts
 from memring.errors import (
-    ConnectionClosed,
     MemringError,
-    NodeTimeout,
     NodeUnavailable,
     PoolExhausted,
-    ProtocolError,
-    ServerError,
 )
 from memring.hashring.node import Node
-from memring.protocol import COMMANDS, INCOMPLETE, BadReply, ErrorLine, MetadumpReader
+from memring.protocol import COMMANDS, INCOMPLETE, BadReply, MetadumpReader
+from memring.protocol.errors import Cut, Stale, batch_results, key_of
+from memring.protocol.errors import translate as _translate
 from memring.protocol.replies import FLAG_DIGITS as _FLAG_DIGITS
 from memring.protocol.replies import NUMBER_DIGITS as _NUMBER_DIGITS
 
@@ -103,32 +100,16 @@ class NodeTransport(Protocol):
     def after_fork(self) -> None: ...
 
 
-class _Stale(Exception):
-    """A pooled connection found closed by the server before it answered."""
-
-
-class _Cut(Exception):
-    """The server closed the connection in the middle of a reply."""
+_Stale = Stale
+_Cut = Cut
 
 
 def translate(exc: BaseException, node: Node, key: object, seconds: float) -> MemringError:
-    """memring's error for a failure of a call on ``node`` (raise it ``from exc``)."""
-    if isinstance(exc, MemringError):
-        return exc
-    if isinstance(exc, (TimeoutError, socket.timeout)) or (
-            isinstance(exc, BlockingIOError) and exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)):
-        return NodeTimeout(f"timed out: no reply within {seconds:g}s", node=node, key=key)
-    if isinstance(exc, ErrorLine):
-        return ServerError.for_reply(exc.kind)(f"server error: {exc}", node=node, key=key)
-    if isinstance(exc, BadReply):
-        return ProtocolError(f"bad reply: {exc}", node=node, key=key)
-    if isinstance(exc, _Stale):
-        return ConnectionClosed("connection closed by the server", node=node, key=key)
-    if isinstance(exc, _Cut):
-        return ConnectionClosed("connection closed in the middle of a reply", node=node, key=key)
-    if isinstance(exc, (OSError, MemcacheError)):  # refused, reset, unreachable, TLS
+    """memring's error for a failure of a call on ``node`` (raise it ``from exc``):
+    :func:`memring.protocol.errors.translate`, and pymemcache's own errors."""
+    if isinstance(exc, MemcacheError) and not isinstance(exc, MemringError):
         return NodeUnavailable(f"connection failed: {exc}", node=node, key=key)
-    raise exc
+    return _translate(exc, node, key, seconds)
 
 
 def _memring_error(exc: BaseException, node: Node, key: object, seconds: float) -> NoReturn:
@@ -247,7 +228,7 @@ class _Pending:
             t.discard(conn)
             if isinstance(exc, _Stale):
                 return t.after_stale(self._method, self._args)
-            _memring_error(exc, t.node, _key_of(self._args), t.read_timeout)
+            _memring_error(exc, t.node, key_of(self._args), t.read_timeout)
         t.release(conn)
         return value
 
@@ -261,20 +242,6 @@ def _wait_readable(sock: socket.socket, deadline: float) -> None:
     left = max(deadline - time.monotonic(), 0.0)  # 0: a reply already there is read
     if not poller.poll(left * 1000):
         raise TimeoutError("no reply")
-
-
-def _key_of(args: tuple[Any, ...]) -> object:
-    """The key (or keys) of a call, for the error's context."""
-    if not args:
-        return None
-    first = args[0]
-    if isinstance(first, dict):
-        first = list(first)
-    if isinstance(first, (list, tuple)) and first and isinstance(first[0], tuple):
-        return None  # a batch: many commands
-    if isinstance(first, (list, tuple)) and len(first) == 1:
-        return first[0]
-    return first if isinstance(first, (bytes, list, tuple)) else None
 
 
 #: Seconds a pooled connection may sit idle before it is checked for unasked bytes.
@@ -490,7 +457,7 @@ class SocketTransport:
             return Ready.of(self.call, method, *args)
         try:
             request = COMMANDS[method].build(*args)
-            conn, sock, fresh = self._checkout(_key_of(args))
+            conn, sock, fresh = self._checkout(key_of(args))
         except MemringError as exc:
             return Ready(error=exc)
         start = time.monotonic()
@@ -500,7 +467,7 @@ class SocketTransport:
             self.discard(conn)
             if not fresh and _is_stale(exc):
                 return Ready.of(self.after_stale, method, args)
-            error = translate(exc, self.node, _key_of(args), self.read_timeout)
+            error = translate(exc, self.node, key_of(args), self.read_timeout)
             if error is not exc:
                 error.__cause__ = exc
             return Ready(error=error)
@@ -520,7 +487,7 @@ class SocketTransport:
     def _call(self, method: str, args: tuple[Any, ...], retry: bool) -> Any:
         command = COMMANDS[method]
         request = command.build(*args)
-        conn, sock, fresh = self._checkout(_key_of(args))
+        conn, sock, fresh = self._checkout(key_of(args))
         deadline = time.monotonic() + self.read_timeout
         try:
             self._send(sock, request, deadline)
@@ -534,7 +501,7 @@ class SocketTransport:
             self.discard(conn)
             if retry and not fresh and _is_stale(exc):
                 return self.after_stale(method, args)
-            _memring_error(exc, self.node, _key_of(args), self.read_timeout)
+            _memring_error(exc, self.node, key_of(args), self.read_timeout)
         self._pool.release(conn)
         return result
 
@@ -666,8 +633,7 @@ class SocketTransport:
                     if end != len(buf):
                         raise BadReply(f"{len(buf) - end} bytes after the reply")
                     if parse is _BATCH:  # an error line answered one of its commands
-                        return [ServerError.for_reply(r.kind)(f"server error: {r}", node=self.node)
-                                if isinstance(r, ErrorLine) else r for r in result]
+                        return batch_results(result, self.node)
                     return result
                 chunks = [buf]
                 have = len(buf)

@@ -58,3 +58,6 @@ MAX_KEY_LENGTH = 250
 HASH = "murmur3"
 #: Connections kept per node; None means one per concurrent thread.
 MAX_POOL_SIZE: int | None = None
+#: Connections per node of the asyncio face when ``max_pool_size`` is None:
+#: a task past it waits (at most the connect timeout) for one to be free.
+ASYNC_MAX_POOL_SIZE = 64

@@ -6,6 +6,9 @@
   restart them. Hung nodes are resumed before they are killed.
 * ``client`` — a memring client of ``cluster``, closed after the test;
   ``make_client`` builds more (any cluster, any options) and closes them all.
+  They are of the ``face`` the test runs on: ``"sync"``, unless the module
+  parametrizes ``face`` (``indirect=True``) to run its tests on both faces
+  (``tests/faces.py``).
   Clients of ``fresh_cluster`` default to small timeouts and fast probes;
   clients of ``cluster``, where nothing fails, keep the library defaults, so
   that a slow reply on a busy machine is not taken for a failed node.
@@ -30,6 +33,7 @@ from pymemcache.client.base import Client as PymemcacheClient
 from memring import Client, HealthPolicy, Node, Timeouts
 from memring.client.transport import raw_serde
 from memring.tools.local import LocalCluster, MemcachedNotFound, find_memcached
+from tests import faces
 
 #: Timeouts small enough that a hung node costs a test little.
 FAST_TIMEOUTS = Timeouts(connect=0.2, read=0.3)
@@ -86,14 +90,20 @@ def ns() -> str:
 
 
 @pytest.fixture
-def make_client() -> Iterator[Callable[..., Client]]:
+def face(request: pytest.FixtureRequest) -> str:
+    """The face clients are made of: "sync", or a module's ``indirect`` parameter."""
+    return getattr(request, "param", "sync")
+
+
+@pytest.fixture
+def make_client(face: str) -> Iterator[Callable[..., Client]]:
     made: list[Client] = []
 
     def make(cluster: LocalCluster, **options: Any) -> Client:
         if any(cluster is c for c in _FAULTY):
             options.setdefault("timeouts", FAST_TIMEOUTS)
             options.setdefault("health", FAST_HEALTH)
-        c = Client(cluster.servers, **options)
+        c = faces.make(face, cluster.servers, **options)
         made.append(c)
         return c
 

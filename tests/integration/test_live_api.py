@@ -13,9 +13,11 @@ from memring import Client, SerializationError
 from memring.client.transport import raw_serde
 from memring.engine.serde import FLAG_JSON, safe_serde
 from memring.engine.versions import FLAG_VERSIONED, TRAILER_SIZE, USER_FLAGS
+from tests import faces
 from tests.stored import plain
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("face", faces.FACES, indirect=True)]
 
 
 class Session:
@@ -306,9 +308,9 @@ def _wait_closed(raw, cluster, connections: set[tuple[str, bytes]]) -> set[tuple
     return still
 
 
-def test_close_releases_every_connection(fresh_cluster, raw, ns) -> None:
+def test_close_releases_every_connection(fresh_cluster, raw, ns, face) -> None:
     before = _open_connections(raw, fresh_cluster)  # the raw clients' own
-    client = Client(fresh_cluster.servers)
+    client = faces.make(face, fresh_cluster.servers)
     keys = spread(client, ns)
     client.set_many(dict.fromkeys(keys, "v"))
     assert client.get_many(keys) == dict.fromkeys(keys, "v")
@@ -319,9 +321,9 @@ def test_close_releases_every_connection(fresh_cluster, raw, ns) -> None:
     assert _wait_closed(raw, fresh_cluster, own) == set()
 
 
-def test_context_manager_closes(fresh_cluster, raw, ns) -> None:
+def test_context_manager_closes(fresh_cluster, raw, ns, face) -> None:
     before = _open_connections(raw, fresh_cluster)
-    with Client(fresh_cluster.servers) as client:
+    with faces.make(face, fresh_cluster.servers) as client:
         keys = spread(client, ns)
         client.set_many(dict.fromkeys(keys, 1))
         assert client.get_many(keys) == dict.fromkeys(keys, 1)

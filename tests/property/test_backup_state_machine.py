@@ -27,6 +27,7 @@ down (a node that is back but still warming may be hit by the next fault).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from memring import BackupClient, Client, Failover, HashRing, HealthPolicy, Node, NodeState
+from tests import faces
+from tests.faces import both_faces
 from tests.fakes import FakeClock, FakeCluster, SingleFault
 from tests.fakes import tick as fakes_tick
 
@@ -55,14 +58,13 @@ KEYS_PER_PAIR = 1
 _NODES = [Node(f"10.0.0.{i + 1}", 11211) for i in range(NODES)]
 
 
-def make_client(cluster: FakeCluster, clock: FakeClock) -> BackupClient:
-    return BackupClient(
-        [n.label for n in cluster.nodes],
+def make_client(cluster: FakeCluster, clock: FakeClock, face: str = "sync") -> BackupClient:
+    return faces.make(
+        face, [n.label for n in cluster.nodes], backup=True,
         failover=Failover("next", failover_ttl=FAILOVER_TTL),
         health=HealthPolicy(failure_threshold=1, backoff_initial=BACKOFF_INITIAL,
                             backoff_max=BACKOFF_MAX, jitter=0),
-        _transport_factory=cluster.transport_factory, _clock=clock, _hlc=cluster.hlc,
-        _background=False,
+        _cluster=cluster, _clock=clock, _hlc=cluster.hlc, _background=False,
     )
 
 
@@ -127,8 +129,12 @@ class KeyModel:
 
 
 class BackupMachine(SingleFault, RuleBasedStateMachine):
+    #: The face whose clients the machine drives (tests/faces.py).
+    FACE = "sync"
+
     def __init__(self) -> None:
-        super().__init__(NODES, CLIENTS, TIMEOUT_COST, make_client)
+        super().__init__(NODES, CLIENTS, TIMEOUT_COST,
+                         functools.partial(make_client, face=self.FACE))
         assert self.cluster.nodes == _NODES
         self.model: dict[str, KeyModel] = {k: KeyModel() for k in ALL_KEYS}
 
@@ -344,20 +350,24 @@ BackupMachine.TestCase.settings = settings(
 )
 test_backup_state_machine = BackupMachine.TestCase
 
+#: The same machine on the asyncio face (fake nodes at its transport seam).
+test_backup_state_machine_async = faces.async_machine(BackupMachine, max_examples=150)
+
 
 # ---------------------------------------------------------------------------
 # targeted tests
 
 
-def _setup() -> tuple[FakeClock, FakeCluster, list[BackupClient]]:
+def _setup(face: str) -> tuple[FakeClock, FakeCluster, list[BackupClient]]:
     clock = FakeClock()
     cluster = FakeCluster(NODES, clock, timeout_cost=TIMEOUT_COST)
-    return clock, cluster, [make_client(cluster, clock) for _ in range(CLIENTS)]
+    return clock, cluster, [make_client(cluster, clock, face) for _ in range(CLIENTS)]
 
 
 @pytest.mark.parametrize("victim", _NODES, ids=lambda n: n.label)
-def test_killing_any_node_loses_nothing(victim: Node) -> None:
-    clock, cluster, (a, b) = _setup()
+@both_faces
+def test_killing_any_node_loses_nothing(victim: Node, face: str) -> None:
+    clock, cluster, (a, b) = _setup(face)
     keys = [f"k:{i}" for i in range(300)]
     assert a.set_many({k: k for k in keys}) == []
     cluster[victim].kill()
@@ -366,9 +376,10 @@ def test_killing_any_node_loses_nothing(victim: Node) -> None:
         assert [c.get(k) for k in keys] == keys
 
 
-def test_degraded_write_is_hinted_and_handed_off() -> None:
+@both_faces
+def test_degraded_write_is_hinted_and_handed_off(face: str) -> None:
     """The write that finds an owner dead is stored on the other; the returning node gets it."""
-    clock, cluster, (a, b) = _setup()
+    clock, cluster, (a, b) = _setup(face)
     victim = _NODES[0]
     key = KEYS_OF[victim][0]
     a.set(key, "old")
@@ -381,13 +392,14 @@ def test_degraded_write_is_hinted_and_handed_off() -> None:
     assert cluster[victim].peek(key.encode()) is not None
 
 
-def test_stand_in_copy_never_outlives_a_newer_write() -> None:
+@both_faces
+def test_stand_in_copy_never_outlives_a_newer_write(face: str) -> None:
     """A node hangs and returns; the other owner dies while it warms.
 
     The stand-in that took the key during the first outage holds an older
     copy; it must not be read once the key has been written again.
     """
-    clock, cluster, (a, b) = _setup()
+    clock, cluster, (a, b) = _setup(face)
     p, s = _NODES[0], _NODES[1]
     key = _KEYS_BY_PAIR[(p, s)][0]
     a.set(key, "v0")
@@ -407,7 +419,8 @@ def test_stand_in_copy_never_outlives_a_newer_write() -> None:
         assert c.get(key) == "v3"
 
 
-def test_repair_onto_a_stand_in_keeps_the_value_expiry() -> None:
+@both_faces
+def test_repair_onto_a_stand_in_keeps_the_value_expiry(face: str) -> None:
     """A read repairs a stand-in's tombstone copy with a newer short-lived value.
 
     Client ``a`` alone cannot reach one owner; it deletes the key (a tombstone
@@ -416,7 +429,7 @@ def test_repair_onto_a_stand_in_keeps_the_value_expiry() -> None:
     there must be a copy, whose trailer expiry holds even when ``a``'s
     keepalive extends the copy's life, so the value is not read once expired.
     """
-    clock, cluster, (a, b) = _setup()
+    clock, cluster, (a, b) = _setup(face)
     p, s = _NODES[2], _NODES[1]
     key = _KEYS_BY_PAIR[(p, s)][0]
     a.set(key, "v0")
@@ -431,8 +444,9 @@ def test_repair_onto_a_stand_in_keeps_the_value_expiry() -> None:
         assert c.get(key) is None
 
 
-def test_delete_during_warming_then_other_owner_dies() -> None:
-    clock, cluster, (a, b) = _setup()
+@both_faces
+def test_delete_during_warming_then_other_owner_dies(face: str) -> None:
+    clock, cluster, (a, b) = _setup(face)
     p, s = _NODES[2], _NODES[3]
     key = _KEYS_BY_PAIR[(p, s)][0]
     a.set(key, "v0")
@@ -448,9 +462,10 @@ def test_delete_during_warming_then_other_owner_dies() -> None:
         assert c.get(key) is None
 
 
-def test_long_outage_keeps_the_partner_copy() -> None:
+@both_faces
+def test_long_outage_keeps_the_partner_copy(face: str) -> None:
     """An outage longer than ``failover_ttl`` loses nothing: the partner keeps its full copy."""
-    clock, cluster, (a, b) = _setup()
+    clock, cluster, (a, b) = _setup(face)
     victim = _NODES[0]
     keys = KEYS_OF[victim]
     for k in keys:
@@ -481,12 +496,13 @@ def test_long_outage_keeps_the_partner_copy() -> None:
             assert cluster[victim].peek(k.encode()) is not None, k
 
 
-def test_warming_restarted_node_answers_when_its_partner_lost_the_key() -> None:
+@both_faces
+def test_warming_restarted_node_answers_when_its_partner_lost_the_key(face: str) -> None:
     """Found by the state machine: written after n3 restarted, then n4 restarts unnoticed.
 
     The key is on n3 (warming) and no longer on n4: n3 must answer.
     """
-    clock, cluster, (a, b) = _setup()
+    clock, cluster, (a, b) = _setup(face)
     n3, n4 = _NODES[2], _NODES[3]
     keys = _KEYS_BY_PAIR[(n4, n3)] + _KEYS_BY_PAIR[(n3, n4)]
     cluster[n3].kill()
@@ -502,9 +518,10 @@ def test_warming_restarted_node_answers_when_its_partner_lost_the_key() -> None:
         assert [c.get(k) for k in keys] == ["after"] * len(keys)
 
 
-def test_restarted_backup_gets_its_copies_back_when_read() -> None:
+@both_faces
+def test_restarted_backup_gets_its_copies_back_when_read(face: str) -> None:
     """A restarted node is refilled by reads while it warms; then its partner may fail."""
-    clock, cluster, (a, b) = _setup()
+    clock, cluster, (a, b) = _setup(face)
     for c in (a, b):
         c._engine.queue_rebuild = lambda node, delay=0.0: None  # type: ignore[method-assign]  # reads alone refill
     victim = _NODES[1]
@@ -531,9 +548,10 @@ def test_restarted_backup_gets_its_copies_back_when_read() -> None:
         assert c.get_many(keys) == {k: k for k in keys}
 
 
-def test_restarted_node_is_rebuilt_without_any_read() -> None:
+@both_faces
+def test_restarted_node_is_rebuilt_without_any_read(face: str) -> None:
     """A node restarts empty and no key is read: the rebuild copies back all it co-owns."""
-    clock, cluster, (a, b) = _setup()
+    clock, cluster, (a, b) = _setup(face)
     victim, partner = _NODES[1], _NODES[2]
     keys = [f"q:{i}" for i in range(400)]
     assert a.set_many({k: k for k in keys}) == []

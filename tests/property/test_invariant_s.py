@@ -39,6 +39,7 @@ same key at once, and the issue's scenarios of faults seen differently.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ from memring import (
     Node,
     NodeState,
 )
+from tests import faces
+from tests.faces import both_faces
 from tests.fakes import FakeClock, FakeCluster, SingleFault
 from tests.fakes import tick as fakes_tick
 
@@ -84,15 +87,15 @@ VNODES = 16
 SETTLE = BACKOFF_MAX + 0.1 + 1.0 + 2 * 0.5
 
 
-def make_client(cluster: FakeCluster, clock: FakeClock, *, failover_ttl: int = FAILOVER_TTL,
-                backoff_initial: float = BACKOFF_INITIAL,
+def make_client(cluster: FakeCluster, clock: FakeClock, *, face: str = "sync",
+                failover_ttl: int = FAILOVER_TTL, backoff_initial: float = BACKOFF_INITIAL,
                 backoff_max: float = BACKOFF_MAX) -> Client:
-    return Client(
-        [n.label for n in cluster.nodes],
+    return faces.make(
+        face, [n.label for n in cluster.nodes],
         failover=Failover("next", failover_ttl=failover_ttl),
         health=HealthPolicy(failure_threshold=1, backoff_initial=backoff_initial,
                             backoff_max=backoff_max, jitter=0),
-        vnodes=VNODES, _transport_factory=cluster.transport_factory, _clock=clock, _hlc=cluster.hlc,
+        vnodes=VNODES, _cluster=cluster, _clock=clock, _hlc=cluster.hlc,
         _background=False,
     )
 
@@ -163,8 +166,12 @@ LATER = st.sampled_from([0, BACKOFF_MAX, FAILOVER_TTL / 2, 2 * FAILOVER_TTL + 1]
 
 
 class InvariantS(SingleFault, RuleBasedStateMachine):
+    #: The face whose clients the machine drives (tests/faces.py).
+    FACE = "sync"
+
     def __init__(self) -> None:
-        super().__init__(NODES, CLIENTS, TIMEOUT_COST, make_client)
+        super().__init__(NODES, CLIENTS, TIMEOUT_COST,
+                         functools.partial(make_client, face=self.FACE))
         assert self.cluster.nodes == _NODES
         self.model: dict[str, KeyModel] = {k: KeyModel() for k in ALL_KEYS}
         self.last_faulty = _NODES[0]
@@ -378,15 +385,19 @@ InvariantS.TestCase.settings = settings(
 )
 test_invariant_s = InvariantS.TestCase
 
+#: The same machine on the asyncio face (fake nodes at its transport seam).
+test_invariant_s_async = faces.async_machine(InvariantS, max_examples=150)
+
 
 # ---------------------------------------------------------------------------
 # targeted tests
 
 
-def _setup(**kw: object) -> tuple[FakeClock, FakeCluster, list[Client]]:
+def _setup(face: str, **kw: object) -> tuple[FakeClock, FakeCluster, list[Client]]:
     clock = FakeClock()
     cluster = FakeCluster(NODES, clock, timeout_cost=TIMEOUT_COST)
-    clients = [make_client(cluster, clock, **kw) for _ in range(CLIENTS)]  # type: ignore[arg-type]
+    clients = [make_client(cluster, clock, face=face, **kw)  # type: ignore[arg-type]
+               for _ in range(CLIENTS)]
     return clock, cluster, clients
 
 
@@ -397,9 +408,10 @@ def keys_on(node: Node, n: int, prefix: str = "s") -> list[str]:
 
 
 @pytest.mark.parametrize("outage", [1.0, 3 * FAILOVER_TTL])
-def test_outage_writes_move_home_after_restart(outage: float) -> None:
+@both_faces
+def test_outage_writes_move_home_after_restart(outage: float, face: str) -> None:
     """Keys written while their node was down are back home once it restarts empty."""
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, b = clients
     home = _NODES[0]
     keys = keys_on(home, 60)
@@ -437,9 +449,10 @@ def test_outage_writes_move_home_after_restart(outage: float) -> None:
 
 
 @pytest.mark.parametrize("outage", [1.0, 3 * FAILOVER_TTL])
-def test_hang_then_resume_serves_no_old_value(outage: float) -> None:
+@both_faces
+def test_hang_then_resume_serves_no_old_value(outage: float, face: str) -> None:
     """A hung node keeps its old values; none of them is read again after it resumes."""
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, b = clients
     home = _NODES[1]
     keys = keys_on(home, 4)
@@ -463,9 +476,10 @@ def test_hang_then_resume_serves_no_old_value(outage: float) -> None:
             assert {k: c.get(k) for k in keys} == expected
 
 
-def test_expired_outage_write_does_not_uncover_the_old_value() -> None:
+@both_faces
+def test_expired_outage_write_does_not_uncover_the_old_value(face: str) -> None:
     """An outage write that expires reads as a miss, never as the home node's older value."""
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, b = clients
     home = _NODES[2]
     key = keys_on(home, 1)[0]
@@ -483,14 +497,15 @@ def test_expired_outage_write_does_not_uncover_the_old_value() -> None:
         assert [c.get(key) for c in clients] == [None, None]
 
 
-def test_expired_copy_reads_as_a_tombstone() -> None:
+@both_faces
+def test_expired_copy_reads_as_a_tombstone(face: str) -> None:
     """A copy that expires during the warming window does not uncover the older home value.
 
     a sees the node back first; b, whose next probe is a little later, still
     writes a copy with a short expiry. Once that value expires, its copy
     must still read as a tombstone rather than vanish.
     """
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, b = clients
     home = _NODES[3]
     key = keys_on(home, 1)[0]
@@ -510,13 +525,14 @@ def test_expired_copy_reads_as_a_tombstone() -> None:
         assert [c.get(key) for c in clients] == [None, None]
 
 
-def test_failed_handoff_keeps_the_hint() -> None:
+@both_faces
+def test_failed_handoff_keeps_the_hint(face: str) -> None:
     """The node hangs again while a handoff reads it: the key stays hinted.
 
     Its copy is then kept alive through a second, long outage, and moved home
     when the node returns again.
     """
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, b = clients
     home = _NODES[1]
     key = keys_on(home, 1)[0]
@@ -539,13 +555,14 @@ def test_failed_handoff_keeps_the_hint() -> None:
         assert [c.get(key) for c in clients] == ["new", "new"]
 
 
-def test_concurrent_settle_keeps_the_newer_write() -> None:
+@both_faces
+def test_concurrent_settle_keeps_the_newer_write(face: str) -> None:
     """Two clients settle the same key at once: the newer write home is never undone.
 
     While client A's handoff moves an outage copy home, client B settles the
     same key and writes a newer value home, between A's reads and A's CAS.
     """
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, b = clients
     home = _NODES[3]
     key = keys_on(home, 1)[0]
@@ -572,13 +589,14 @@ def test_concurrent_settle_keeps_the_newer_write() -> None:
 
 
 @pytest.mark.parametrize("op", ["set", "delete"])
-def test_node_returning_during_an_outage_write_still_gets_it_settled(op: str) -> None:
+@both_faces
+def test_node_returning_during_an_outage_write_still_gets_it_settled(op: str, face: str) -> None:
     """A write decided "home is down" just before the home returned: its copy still moves home.
 
     The probe runs between the routing decision and the copy's write, so
     the handoff has already run (with nothing to do) when the copy lands.
     """
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, _ = clients
     home = _NODES[0]
     key = keys_on(home, 1)[0]
@@ -604,9 +622,10 @@ def test_node_returning_during_an_outage_write_still_gets_it_settled(op: str) ->
         assert a.get(key) == expected
 
 
-def test_add_over_a_settled_delete_succeeds() -> None:
+@both_faces
+def test_add_over_a_settled_delete_succeeds(face: str) -> None:
     """A key deleted during an outage is missing after settling: add() stores it."""
-    clock, cluster, clients = _setup()
+    clock, cluster, clients = _setup(face)
     a, _ = clients
     home = _NODES[3]
     key = keys_on(home, 1)[0]

@@ -6,6 +6,8 @@ import memring
 import memring.hashring
 
 EXPECTED_ALL = [
+    "AsyncBackupClient",
+    "AsyncClient",
     "BackupClient",
     "Client",
     "ClientReplyError",
