@@ -10,13 +10,17 @@ sync tests' code drives the async face unchanged:
   suspends, a coroutine is stepped to its end with no event loop (a test's
   hook may then call another client in the middle of a call, as with the
   sync face);
-* with real nodes, on an event loop of the client's own.
+* with real nodes, on an event loop of the client's own, run by a thread
+  of the test's (not of the client's: the async face starts none), so the
+  client's background tasks (probes, handoffs) go on between calls as they
+  would in an application.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -40,11 +44,16 @@ class Blocking:
     def __init__(self, client: AsyncClient | AsyncBackupClient, *, loop: bool) -> None:
         self.face_client = client
         self._loop = asyncio.new_event_loop() if loop else None
+        self._thread: threading.Thread | None = None
+        if self._loop is not None:
+            self._thread = threading.Thread(target=self._loop.run_forever,
+                                            name="test-event-loop", daemon=True)
+            self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` to its end (see the module docstring)."""
         if self._loop is not None:
-            return self._loop.run_until_complete(coro)
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=120)
         try:
             coro.send(None)
         except StopIteration as stop:
@@ -64,10 +73,12 @@ class Blocking:
 
     def close(self) -> None:
         self.run(self.face_client.close())
-        if self._loop is not None:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
             self._loop = None
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
 
     def __enter__(self) -> Blocking:
         return self

@@ -25,6 +25,7 @@ import pytest
 from memring import Client, Failover, HealthPolicy, Node, NodeState, Timeouts
 from memring.engine.defaults import WARMING_MARGIN
 from memring.tools.local import LocalCluster, MemcachedNotFound, find_memcached
+from tests import faces
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +52,14 @@ def four() -> Iterator[LocalCluster]:
         cluster.stop()
 
 
-@pytest.fixture
-def clients(four: LocalCluster) -> Iterator[tuple[Client, Client]]:
+@pytest.fixture(params=faces.FACES)
+def clients(four: LocalCluster, request: pytest.FixtureRequest
+            ) -> Iterator[tuple[Client, Client]]:
+    """Two clients of one face (each scenario runs on both faces)."""
     made = tuple(
-        Client(four.servers, failover=Failover("next", failover_ttl=FAILOVER_TTL),
-               timeouts=TIMEOUTS, health=HEALTH)
+        faces.make(request.param, four.servers,
+                   failover=Failover("next", failover_ttl=FAILOVER_TTL),
+                   timeouts=TIMEOUTS, health=HEALTH)
         for _ in range(2))
     try:
         yield made  # type: ignore[misc]
