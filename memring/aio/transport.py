@@ -146,8 +146,15 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self._finish()
         self._chunks = []
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is not None:
+            try:
+                transport.abort()
+            except RuntimeError:  # its event loop is closed: close the socket itself
+                sock = getattr(transport, "_sock", None)
+                if sock is not None:
+                    sock.close()
+                    transport._sock = None  # type: ignore[attr-defined]  # closed, not leaked
 
 
 class Pending:

@@ -13,6 +13,14 @@
 
 Built on Django's own ``BaseMemcachedCache``, as Django's ``PyMemcacheCache``
 is: Django's key making, key validation and timeout handling apply unchanged.
+
+The async methods (``aget``, ``aset``, ``aadd``, ``adelete``, ``atouch``,
+``aget_many``, ``aset_many``, ``adelete_many``, ``aincr``, ``adecr``,
+``aclear``, and Django's own built on them: ``aget_or_set``, ``ahas_key``)
+are native: they await a :class:`memring.AsyncClient` (or
+:class:`~memring.AsyncBackupClient`) of the same servers and options, on
+the event loop of the caller, instead of running the sync client in a
+thread.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import memring
 from memring.engine.serde import safe_serde
 from memring.errors import ConfigError, ValueTooLarge
 
-__all__ = ["MemringCache", "close_clients"]
+__all__ = ["MemringCache", "aclose_clients", "close_clients"]
 
 _SERDES = {"pickle": pickle_serde, "safe": safe_serde}
 
@@ -46,8 +54,10 @@ LIBRARY = types.SimpleNamespace(Client=memring.Client, HashClient=memring.Client
                                 BackupClient=memring.BackupClient,
                                 exceptions=pymemcache.exceptions)
 
-_clients: dict[Hashable, memring.Client] = {}
+_clients: dict[Hashable, Any] = {}
 _clients_lock = threading.Lock()
+#: The asyncio clients of the async methods, by the same keys.
+_async_clients: dict[Hashable, Any] = {}
 
 
 class MemringCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no type hints
@@ -88,6 +98,7 @@ class MemringCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no
     _servers: str | list[Any]
     _options: dict[str, Any]
     _class: type[memring.Client]
+    _async_class: type[Any]
 
     def __init__(self, server: str | Iterable[str], params: dict[str, Any]) -> None:
         super().__init__(server, params, library=LIBRARY, value_not_found_exception=KeyError)
@@ -96,6 +107,7 @@ class MemringCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no
         if not isinstance(backup, bool):
             raise ConfigError(f"OPTIONS['backup'] must be True or False, got {backup!r}")
         self._class = memring.BackupClient if backup else memring.Client
+        self._async_class = memring.AsyncBackupClient if backup else memring.AsyncClient
         serde = options.get("serde", "pickle")
         if isinstance(serde, str):
             if serde not in _SERDES:
@@ -121,16 +133,25 @@ class MemringCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no
 
     @cached_property
     def _cache(self) -> memring.Client:
+        client: memring.Client = self._shared(self._class, _clients)
+        return client
+
+    @cached_property
+    def _acache(self) -> Any:
+        """The asyncio client of the async methods (one per process and configuration)."""
+        return self._shared(self._async_class, _async_clients)
+
+    def _shared(self, cls: type[Any], clients: dict[Hashable, Any]) -> Any:
         servers = self.client_servers
-        key = (self._class, tuple(_hashable(s) for s in servers),
+        key = (cls, tuple(_hashable(s) for s in servers),
                tuple(sorted((k, _hashable(v)) for k, v in self._options.items())))
-        client = _clients.get(key)
+        client = clients.get(key)
         if client is None:
             with _clients_lock:
-                client = _clients.get(key)
+                client = clients.get(key)
                 if client is None:
-                    client = self._class(servers, **self._options)
-                    _clients[key] = client
+                    client = cls(servers, **self._options)
+                    clients[key] = client
         return client
 
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
@@ -145,14 +166,88 @@ class MemringCache(BaseMemcachedCache):  # type: ignore[misc]  # Django ships no
     def close(self, **kwargs: Any) -> None:
         """Keep the shared client open (Django calls this after every request)."""
 
+    async def aclose(self, **kwargs: Any) -> None:
+        """Keep the shared clients open (Django calls this after every request)."""
+
+    # -- native async methods: Django's memcached semantics on the asyncio client ----
+    def _key(self, key: Any, version: int | None) -> Any:
+        return self.make_and_validate_key(key, version=version)
+
+    async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:
+        return await self._acache.get(self._key(key, version), default)
+
+    async def aset(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+                   version: int | None = None) -> None:
+        wire = self._key(key, version)
+        try:
+            stored = await self._acache.set(wire, value, self.get_backend_timeout(timeout))
+        except ValueTooLarge:
+            await self._acache.delete(wire)  # a failed set leaves no old value behind
+            raise
+        if not stored:
+            await self._acache.delete(wire)
+
+    async def aadd(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+                   version: int | None = None) -> bool:
+        return bool(await self._acache.add(self._key(key, version), value,
+                                           self.get_backend_timeout(timeout)))
+
+    async def atouch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT,
+                     version: int | None = None) -> bool:
+        return bool(await self._acache.touch(self._key(key, version),
+                                             self.get_backend_timeout(timeout)))
+
+    async def adelete(self, key: Any, version: int | None = None) -> bool:
+        return bool(await self._acache.delete(self._key(key, version)))
+
+    async def aget_many(self, keys: Iterable[Any], version: int | None = None
+                        ) -> dict[Any, Any]:
+        by_wire = {self._key(key, version): key for key in keys}
+        got = await self._acache.get_many(list(by_wire))
+        return {by_wire[k]: v for k, v in got.items()}
+
+    async def aset_many(self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT,
+                        version: int | None = None) -> list[Any]:
+        by_wire = {self._key(key, version): key for key in data}
+        failed = await self._acache.set_many(
+            {wire: data[key] for wire, key in by_wire.items()}, self.get_backend_timeout(timeout))
+        return [by_wire[k] for k in failed]
+
+    async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+        await self._acache.delete_many([self._key(key, version) for key in keys])
+
+    async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        wire = self._key(key, version)
+        value = await (self._acache.decr(wire, -delta) if delta < 0
+                       else self._acache.incr(wire, delta))
+        if value is None:
+            raise ValueError(f"Key '{wire}' not found")
+        return int(value)
+
+    async def adecr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return await self.aincr(key, -delta, version)
+
+    async def aclear(self) -> None:
+        await self._acache.flush_all()
+
 
 def close_clients() -> None:
-    """Close every client the Django backend opened in this process."""
+    """Close every thread-face client the Django backend opened in this process."""
     with _clients_lock:
         clients = list(_clients.values())
         _clients.clear()
     for client in clients:
         client.close()
+
+
+async def aclose_clients() -> None:
+    """Close every client the Django backend opened in this process, asyncio ones too."""
+    close_clients()
+    with _clients_lock:
+        clients = list(_async_clients.values())
+        _async_clients.clear()
+    for client in clients:
+        await client.close()
 
 
 def _hashable(value: Any) -> Hashable:

@@ -7,6 +7,11 @@ A session is stored under ``key_prefix + id`` as one JSON text::
 The store does the JSON itself and hands the client a ``str``, so no
 pickle is involved whatever serde the client was built with; a record
 that is not such a JSON object reads as a missing session.
+
+The store's logic is written once, as generators of client calls
+(:data:`Steps`, as the engine's operations are): :class:`SessionStore`
+makes each call on a thread-face client, :class:`AsyncSessionStore`
+awaits it on an asyncio client.
 """
 
 from __future__ import annotations
@@ -15,14 +20,22 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Protocol, TypeVar
 
 from memring.engine.keys import encode_key
 from memring.errors import ConfigError, InvalidKey, MemringError, SerializationError
 from memring.sessions.session import Session, is_valid_session_id, new_session_id
 
-__all__ = ["DEFAULT_TTL", "SessionBackend", "SessionNotFound", "SessionStore"]
+__all__ = ["DEFAULT_TTL", "AsyncSessionStore", "SessionBackend", "SessionNotFound",
+           "SessionStore"]
+
+T = TypeVar("T")
+#: One client call: its method name, positional and keyword arguments.
+Step = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: The store's logic: yields client calls, is sent their results, returns its own.
+Steps = Generator[Step, Any, T]
+_ACK = {"noreply": False}
 
 log = logging.getLogger("memring.sessions")
 
@@ -59,7 +72,136 @@ class SessionBackend(Protocol):
     def touch(self, key: str, expire: int = 0, noreply: bool | None = None) -> bool: ...
 
 
-class SessionStore:
+class _StoreLogic:
+    """What both stores share: settings, and every operation as :data:`Steps`."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        ttl: int = DEFAULT_TTL,
+        sliding: bool = True,
+        key_prefix: str = "session:",
+        absolute_ttl: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for name in ("get", "add", "replace", "delete", "touch"):
+            if not callable(getattr(client, name, None)):
+                raise ConfigError(f"client has no {name}() method; pass a memring.Client, "
+                                  "memring.BackupClient or a pymemcache client")
+        self.client = client
+        self.ttl = _check_seconds("ttl", ttl, MAX_TTL)
+        self.absolute_ttl = (None if absolute_ttl is None
+                             else _check_seconds("absolute_ttl", absolute_ttl, None))
+        self.sliding = bool(sliding)
+        if not isinstance(key_prefix, str):
+            raise ConfigError("key_prefix must be a str")
+        try:  # the prefix with the longest id must make a valid key
+            encode_key(key_prefix + "A" * 43)
+        except InvalidKey as exc:
+            raise ConfigError(f"key_prefix {key_prefix!r} can't form session keys: {exc}") from exc
+        self.key_prefix = key_prefix
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(ttl={self.ttl}, sliding={self.sliding}, "
+                f"absolute_ttl={self.absolute_ttl}, key_prefix={self.key_prefix!r})")
+
+    def new(self, data: Mapping[str, Any] | None = None) -> Session:
+        """A new session with a fresh id, not stored yet (:meth:`save` stores it)."""
+        now = self._clock()
+        session = Session(new_session_id(), dict(data or {}), created_at=now, last_accessed=now)
+        if session:
+            session.modified = True
+        return session
+
+    # -- the operations, as client calls ---------------------------------------
+    def _create(self, data: Mapping[str, Any] | None) -> Steps[Session]:
+        session = self.new(data)
+        yield from self._save(session)
+        return session
+
+    def _load(self, sid: object) -> Steps[Session | None]:
+        if not is_valid_session_id(sid):
+            return None
+        assert isinstance(sid, str)
+        key = self._key(sid)
+        record = _decode((yield ("get", (key,), {})), self.key_prefix)
+        if record is None:
+            return None
+        created_at, data = record
+        now = self._clock()
+        expire = self._expire(created_at, now)
+        if expire is None:
+            yield ("delete", (key,), _ACK)
+            return None
+        if self.sliding and not (yield ("touch", (key, expire), _ACK)):
+            return None  # deleted or expired since the get
+        return Session(sid, data, created_at=created_at, last_accessed=now, is_new=False)
+
+    def _save(self, session: Session) -> Steps[bool]:
+        if not isinstance(session, Session):
+            raise TypeError(f"save() needs a Session, got {type(session).__name__}")
+        now = self._clock()
+        expire = self._expire(session.created_at, now)
+        if expire is None:  # its lifetime is over
+            if not session.is_new:
+                yield ("delete", (self._key(session.id),), _ACK)
+            return False
+        value = _encode(session)
+        if session.is_new:
+            for _ in range(_CREATE_ATTEMPTS):
+                if (yield ("add", (self._key(session.id), value, expire), _ACK)):
+                    session.is_new = session.modified = False
+                    return True
+                session._sid = new_session_id()  # taken: draw again
+            raise MemringError(
+                f"could not store a new session after {_CREATE_ATTEMPTS} attempts: the "
+                "backend refuses add() (is it acknowledging writes?)")
+        if not (yield ("replace", (self._key(session.id), value, expire), _ACK)):
+            return False
+        session.modified = False
+        return True
+
+    def _delete(self, sid: object) -> Steps[bool]:
+        if not is_valid_session_id(sid):
+            return False
+        assert isinstance(sid, str)
+        return bool((yield ("delete", (self._key(sid),), _ACK)))
+
+    def _regenerate(self, session: Session | str) -> Steps[Session]:
+        if isinstance(session, Session):
+            old = session
+        else:
+            loaded = yield from self._load(session)
+            if loaded is None:
+                raise SessionNotFound("no live session with this id")
+            old = loaded
+        now = self._clock()
+        fresh = Session(new_session_id(), dict(old.data), created_at=old.created_at,
+                        last_accessed=now)
+        if not (yield from self._save(fresh)):
+            raise SessionNotFound("the session's lifetime is over")
+        if not old.is_new:
+            yield from self._delete(old.id)  # after the new one is stored: never without one
+        old.invalidated = True
+        return fresh
+
+    # -- helpers -----------------------------------------------------------
+    def _key(self, sid: str) -> str:
+        return self.key_prefix + sid
+
+    def _expire(self, created_at: float, now: float) -> int | None:
+        """The expire to send now, or None if the session's lifetime is over."""
+        left = float(self.ttl) if self.sliding else created_at + self.ttl - now
+        if self.absolute_ttl is not None:
+            left = min(left, created_at + self.absolute_ttl - now)
+        if left <= 0:
+            return None
+        return min(self.ttl, math.ceil(left))
+
+
+class SessionStore(_StoreLogic):
     """Server-side sessions on a memring client.
 
     >>> store = SessionStore(memring.Client(servers), ttl=1800)   # doctest: +SKIP
@@ -93,56 +235,27 @@ class SessionStore:
     :class:`~memring.BackupClient`.
     """
 
-    def __init__(
-        self,
-        client: SessionBackend,
-        *,
-        ttl: int = DEFAULT_TTL,
-        sliding: bool = True,
-        key_prefix: str = "session:",
-        absolute_ttl: int | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        for name in ("get", "add", "replace", "delete", "touch"):
-            if not callable(getattr(client, name, None)):
-                raise ConfigError(f"client has no {name}() method; pass a memring.Client, "
-                                  "memring.BackupClient or a pymemcache client")
-        self.client = client
-        self.ttl = _check_seconds("ttl", ttl, MAX_TTL)
-        self.absolute_ttl = (None if absolute_ttl is None
-                             else _check_seconds("absolute_ttl", absolute_ttl, None))
-        self.sliding = bool(sliding)
-        if not isinstance(key_prefix, str):
-            raise ConfigError("key_prefix must be a str")
-        try:  # the prefix with the longest id must make a valid key
-            encode_key(key_prefix + "A" * 43)
-        except InvalidKey as exc:
-            raise ConfigError(f"key_prefix {key_prefix!r} can't form session keys: {exc}") from exc
-        self.key_prefix = key_prefix
-        self._clock = clock
+    client: SessionBackend
 
-    def __repr__(self) -> str:
-        return (f"SessionStore(ttl={self.ttl}, sliding={self.sliding}, "
-                f"absolute_ttl={self.absolute_ttl}, key_prefix={self.key_prefix!r})")
+    def _run(self, steps: Steps[T]) -> T:
+        """Make each client call of ``steps``; their result."""
+        client = self.client
+        try:
+            method, args, kwargs = next(steps)
+            while True:
+                method, args, kwargs = steps.send(getattr(client, method)(*args, **kwargs))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
 
     # -- public API --------------------------------------------------------
-    def new(self, data: Mapping[str, Any] | None = None) -> Session:
-        """A new session with a fresh id, not stored yet (:meth:`save` stores it)."""
-        now = self._clock()
-        session = Session(new_session_id(), dict(data or {}), created_at=now, last_accessed=now)
-        if session:
-            session.modified = True
-        return session
-
     def create(self, data: Mapping[str, Any] | None = None) -> Session:
         """Store a new session holding ``data`` and return it.
 
         Raises :class:`~memring.SerializationError` if ``data`` is not
         JSON-able, and memring's node errors if it can't be stored.
         """
-        session = self.new(data)
-        self.save(session)
-        return session
+        return self._run(self._create(data))
 
     def load(self, sid: object) -> Session | None:
         """The session ``sid``, or None if it is malformed, unknown or expired.
@@ -151,22 +264,7 @@ class SessionStore:
         ``touch``). The returned session's ``last_accessed`` is now; it is
         stored with the next :meth:`save`.
         """
-        if not is_valid_session_id(sid):
-            return None
-        assert isinstance(sid, str)
-        key = self._key(sid)
-        record = _decode(self.client.get(key), self.key_prefix)
-        if record is None:
-            return None
-        created_at, data = record
-        now = self._clock()
-        expire = self._expire(created_at, now)
-        if expire is None:
-            self.client.delete(key, noreply=False)
-            return None
-        if self.sliding and not self.client.touch(key, expire, noreply=False):
-            return None  # deleted or expired since the get
-        return Session(sid, data, created_at=created_at, last_accessed=now, is_new=False)
+        return self._run(self._load(sid))
 
     def save(self, session: Session) -> bool:
         """Store ``session``. True if stored.
@@ -177,35 +275,11 @@ class SessionStore:
         ``save`` returns False. Its expiry is set again: ``ttl`` seconds with
         sliding expiry, what is left of its lifetime without.
         """
-        if not isinstance(session, Session):
-            raise TypeError(f"save() needs a Session, got {type(session).__name__}")
-        now = self._clock()
-        expire = self._expire(session.created_at, now)
-        if expire is None:  # its lifetime is over
-            if not session.is_new:
-                self.client.delete(self._key(session.id), noreply=False)
-            return False
-        value = _encode(session)
-        if session.is_new:
-            for _ in range(_CREATE_ATTEMPTS):
-                if self.client.add(self._key(session.id), value, expire, noreply=False):
-                    session.is_new = session.modified = False
-                    return True
-                session._sid = new_session_id()  # taken: draw again
-            raise MemringError(
-                f"could not store a new session after {_CREATE_ATTEMPTS} attempts: the "
-                "backend refuses add() (is it acknowledging writes?)")
-        if not self.client.replace(self._key(session.id), value, expire, noreply=False):
-            return False
-        session.modified = False
-        return True
+        return self._run(self._save(session))
 
     def delete(self, sid: object) -> bool:
         """Delete session ``sid``. True if it existed; a malformed id is a no-op (False)."""
-        if not is_valid_session_id(sid):
-            return False
-        assert isinstance(sid, str)
-        return bool(self.client.delete(self._key(sid), noreply=False))
+        return self._run(self._delete(sid))
 
     def regenerate(self, session: Session | str) -> Session:
         """The same data under a new id; the old id is deleted.
@@ -218,35 +292,49 @@ class SessionStore:
         dodged by regenerating. Raises :class:`SessionNotFound` if there is
         no such session or its lifetime is over.
         """
-        if isinstance(session, Session):
-            old = session
-        else:
-            loaded = self.load(session)
-            if loaded is None:
-                raise SessionNotFound("no live session with this id")
-            old = loaded
-        now = self._clock()
-        fresh = Session(new_session_id(), dict(old.data), created_at=old.created_at,
-                        last_accessed=now)
-        if not self.save(fresh):
-            raise SessionNotFound("the session's lifetime is over")
-        if not old.is_new:
-            self.delete(old.id)  # after the new one is stored: no moment without a session
-        old.invalidated = True
-        return fresh
+        return self._run(self._regenerate(session))
 
-    # -- helpers -----------------------------------------------------------
-    def _key(self, sid: str) -> str:
-        return self.key_prefix + sid
 
-    def _expire(self, created_at: float, now: float) -> int | None:
-        """The expire to send now, or None if the session's lifetime is over."""
-        left = float(self.ttl) if self.sliding else created_at + self.ttl - now
-        if self.absolute_ttl is not None:
-            left = min(left, created_at + self.absolute_ttl - now)
-        if left <= 0:
-            return None
-        return min(self.ttl, math.ceil(left))
+class AsyncSessionStore(_StoreLogic):
+    """:class:`SessionStore` on an asyncio client (:class:`memring.AsyncClient`,
+    :class:`memring.AsyncBackupClient`): the same options, records and rules,
+    with ``async def`` methods.
+
+    >>> store = AsyncSessionStore(memring.AsyncBackupClient(servers), ttl=1800)  # doctest: +SKIP
+    >>> s = await store.create({"user_id": 7})                                    # doctest: +SKIP
+    """
+
+    async def _run(self, steps: Steps[T]) -> T:
+        """Await each client call of ``steps``; their result."""
+        client = self.client
+        try:
+            method, args, kwargs = next(steps)
+            while True:
+                got = await getattr(client, method)(*args, **kwargs)
+                method, args, kwargs = steps.send(got)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def create(self, data: Mapping[str, Any] | None = None) -> Session:
+        """:meth:`SessionStore.create`, awaited."""
+        return await self._run(self._create(data))
+
+    async def load(self, sid: object) -> Session | None:
+        """:meth:`SessionStore.load`, awaited."""
+        return await self._run(self._load(sid))
+
+    async def save(self, session: Session) -> bool:
+        """:meth:`SessionStore.save`, awaited."""
+        return await self._run(self._save(session))
+
+    async def delete(self, sid: object) -> bool:
+        """:meth:`SessionStore.delete`, awaited."""
+        return await self._run(self._delete(sid))
+
+    async def regenerate(self, session: Session | str) -> Session:
+        """:meth:`SessionStore.regenerate`, awaited."""
+        return await self._run(self._regenerate(session))
 
 
 def _check_seconds(name: str, value: object, limit: int | None) -> int:

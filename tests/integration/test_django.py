@@ -6,6 +6,7 @@ URLconf: login, whoami and logout views over ``django.contrib.auth``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from pymemcache.serde import pickle_serde  # noqa: E402
 
 import memring  # noqa: E402
 from memring import BackupClient, Client, ValueTooLarge  # noqa: E402
-from memring.contrib.django import MemringCache, close_clients  # noqa: E402
+from memring.contrib.django import MemringCache, aclose_clients, close_clients  # noqa: E402
 from memring.engine.serde import safe_serde  # noqa: E402
 from memring.tools.local import LocalCluster  # noqa: E402
 
@@ -283,3 +284,59 @@ def test_location_parsing(location: Any, expected: list[str]) -> None:
 def test_bad_options(options: dict[str, Any]) -> None:
     with pytest.raises(memring.ConfigError):
         MemringCache("127.0.0.1:1", {"OPTIONS": options})
+
+
+# -- native async methods --------------------------------------------------------------
+
+
+async def async_counter_view(request: HttpRequest) -> JsonResponse:
+    from django.core.cache import cache
+
+    n = await cache.aget("async:counter", 0) + 1
+    await cache.aset("async:counter", n)
+    return JsonResponse({"n": n})
+
+
+urlpatterns.append(path("acount", async_counter_view))
+
+
+def test_async_methods_are_native_and_match_the_sync_ones(memring_cache: dict[str, Any],
+                                                          peek: Client) -> None:
+    from django.core.cache import cache
+    from django.test import AsyncClient as DjangoAsyncClient
+
+    async def main() -> None:
+        web = DjangoAsyncClient()
+        for n in (1, 2, 3):
+            assert (await web.get("/acount")).json() == {"n": n}
+        assert await cache.aadd("async:a", 1) is True
+        assert await cache.aadd("async:a", 2) is False
+        assert await cache.aget("async:a") == 1
+        assert await cache.aincr("async:a", 5) == 6
+        assert await cache.adecr("async:a", 2) == 4
+        with pytest.raises(ValueError):
+            await cache.aincr("async:missing")
+        assert await cache.aset_many({"async:m1": [1], "async:m2": {"x": 2}}) == []
+        assert await cache.aget_many(["async:m1", "async:m2", "async:none"]) == {
+            "async:m1": [1], "async:m2": {"x": 2}}
+        assert await cache.atouch("async:m1", 60) is True
+        assert await cache.ahas_key("async:m2") is True
+        assert await cache.aget_or_set("async:gos", "made") == "made"
+        assert await cache.adelete("async:m2") is True
+        await cache.adelete_many(["async:m1", "async:gos"])
+        assert await cache.aget_many(["async:m1", "async:m2", "async:gos"]) == {}
+        # A value over the item limit raises, and leaves no old value behind.
+        await cache.aset("async:big", "small")
+        with pytest.raises(ValueTooLarge):
+            await cache.aset("async:big", "x" * (2 << 20))
+        assert await cache.aget("async:big") is None
+        # The sync API sees what the async one wrote: same keys, same values.
+        assert peek.get(f"{memring_cache['key_prefix']}:1:async:counter") == 3
+        # Native: the asyncio client did the work, no sync client was made for it.
+        assert isinstance(cache._acache, (memring.AsyncClient, memring.AsyncBackupClient))
+        assert "_cache" not in vars(cache)
+        ops = sum(n["ops"] for n in cache._acache.metrics()["nodes"].values())
+        assert ops >= 20
+        await aclose_clients()
+
+    asyncio.run(main())
