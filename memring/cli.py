@@ -611,6 +611,9 @@ def _add_chaos_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--read-timeout", type=float, default=defaults.timeouts.read,
                    metavar="SECONDS",
                    help=f"client read timeout (default: {defaults.timeouts.read:g})")
+    p.add_argument("--async", dest="async_face", action="store_true",
+                   help="run the workload on the asyncio face: an AsyncClient (AsyncBackupClient "
+                   "in backup mode) on an event loop of its own, every call a task of it")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log faults, detection and recovery on stderr as they happen")
     p.set_defaults(handler=_run_chaos, prog=p.prog)
@@ -625,6 +628,7 @@ def _run_chaos(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         faults=args.faults, seed=args.seed, keys_per_thread=args.keys_per_thread,
         failover_ttl=args.failover_ttl, hold=args.hold,
         timeouts=Timeouts(connect=args.connect_timeout, read=args.read_timeout),
+        face="async" if args.async_face else "sync",
     )
 
     def log(message: str) -> None:

@@ -2,31 +2,30 @@
 
 ``face`` is ``"sync"`` (:class:`memring.Client`, :class:`memring.BackupClient`)
 or ``"async"`` (:class:`memring.AsyncClient`, :class:`memring.AsyncBackupClient`).
-:func:`make` builds the client of a face; an async one comes wrapped in
-:class:`Blocking`, which runs each of its coroutines to the end, so the
+:func:`make` builds the client of a face; an async one comes wrapped so
+that each of its coroutines is run to its end by a blocking call, and the
 sync tests' code drives the async face unchanged:
 
 * with fake nodes (a ``_transport_factory``), whose async transport never
-  suspends, a coroutine is stepped to its end with no event loop (a test's
+  suspends, :class:`Blocking` steps a coroutine to its end with no event loop (a test's
   hook may then call another client in the middle of a call, as with the
   sync face);
-* with real nodes, on an event loop of the client's own, run by a thread
-  of the test's (not of the client's: the async face starts none), so the
-  client's background tasks (probes, handoffs) go on between calls as they
-  would in an application.
+* with real nodes, on an event loop of its own in a thread of the test's
+  (:class:`memring.tools.looped.Looped`; the async face itself starts no
+  thread), so the client's background tasks (probes, handoffs) go on
+  between calls as they would in an application.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from memring import AsyncBackupClient, AsyncClient, BackupClient, Client
+from memring.tools.looped import Looped
 
 __all__ = ["FACES", "Blocking", "async_machine", "both_faces", "make"]
 
@@ -39,21 +38,13 @@ _CLASSES = {("sync", False): Client, ("sync", True): BackupClient,
 
 
 class Blocking:
-    """An async client whose coroutine methods are called like the sync client's."""
+    """An async client on fake nodes, its coroutines stepped to their end with no loop."""
 
-    def __init__(self, client: AsyncClient | AsyncBackupClient, *, loop: bool) -> None:
+    def __init__(self, client: AsyncClient | AsyncBackupClient) -> None:
         self.face_client = client
-        self._loop = asyncio.new_event_loop() if loop else None
-        self._thread: threading.Thread | None = None
-        if self._loop is not None:
-            self._thread = threading.Thread(target=self._loop.run_forever,
-                                            name="test-event-loop", daemon=True)
-            self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` to its end (see the module docstring)."""
-        if self._loop is not None:
-            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=120)
+        """Run ``coro`` to its end: a fake transport never suspends it."""
         try:
             coro.send(None)
         except StopIteration as stop:
@@ -65,29 +56,16 @@ class Blocking:
         attr = getattr(self.face_client, name)
         if not inspect.iscoroutinefunction(attr):
             return attr
-
-        def blocking(*args: Any, **kwargs: Any) -> Any:
-            return self.run(attr(*args, **kwargs))
-
-        return blocking
+        return lambda *args, **kwargs: self.run(attr(*args, **kwargs))
 
     def close(self) -> None:
         self.run(self.face_client.close())
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None:
-            self._loop = None
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
 
     def __enter__(self) -> Blocking:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"Blocking({self.face_client!r})"
 
 
 def async_machine(machine: type[Any], max_examples: int) -> Any:
@@ -117,4 +95,6 @@ def make(face: str, servers: Any, *, backup: bool = False, **options: Any) -> An
     client = cls(servers, **options)
     if face == "sync":
         return client
-    return Blocking(client, loop="_transport_factory" not in options)
+    if "_transport_factory" in options:
+        return Blocking(client)
+    return Looped(client, name="test-event-loop")

@@ -1,5 +1,11 @@
 """Chaos runs: session load from many threads while memcached nodes fail.
 
+With ``face="async"`` (``memring chaos --async``) the client is an
+:class:`~memring.AsyncClient` (an :class:`~memring.AsyncBackupClient` in
+mode ``"backup"``) on an event loop of its own: every worker's call is a
+task of that loop (:class:`~memring.tools.looped.Looped`), so the same
+workload and checks run on the asyncio face under concurrent tasks.
+
 :func:`run_chaos` starts its own :class:`~memring.tools.local.LocalCluster` on
 loopback, shares ONE client between ``threads`` worker threads (a
 ``Client(failover="next")`` in mode ``"next"``, a :class:`~memring.BackupClient`
@@ -110,10 +116,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from memring import BackupClient, Client, Failover, HealthPolicy, NodeState, Timeouts
+from memring import (
+    AsyncBackupClient,
+    AsyncClient,
+    BackupClient,
+    Client,
+    Failover,
+    HealthPolicy,
+    NodeState,
+    Timeouts,
+)
 from memring.errors import ConfigError, MemringError, NodeUnavailable
 from memring.hashring import Node
 from memring.tools.local import LocalCluster
+from memring.tools.looped import Looped
 
 __all__ = [
     "DEFAULT_FAULTS",
@@ -147,6 +163,8 @@ _NOWAIT_GAP = 1.0
 _REDUNDANCY_LIMIT = 60.0
 #: Client modes: single copy with Failover("next"), or two copies.
 MODES = ("next", "backup")
+#: The faces a run can drive: threads, or asyncio tasks of one loop.
+FACES = ("sync", "async")
 #: Output formats of :func:`format_report`.
 FORMATS = ("table", "json")
 #: Latency phases (see the module docstring).
@@ -245,6 +263,9 @@ class ChaosConfig:
     latency_margin: float = 0.25
     rate: float = 6000.0
     allow_long_holds: bool = False
+    #: "sync": the thread face; "async": the asyncio face, every worker's calls
+    #: tasks of one event loop (:class:`~memring.tools.looped.Looped`).
+    face: str = "sync"
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -288,6 +309,7 @@ class ChaosConfig:
         need(_is_number(self.rate) and self.rate >= 0,
              f"rate must be a number of ops per second >= 0 (0: unlimited), got {self.rate!r}")
         need(isinstance(self.allow_long_holds, bool), "allow_long_holds must be a bool")
+        need(self.face in FACES, f"face must be one of {', '.join(FACES)}; got {self.face!r}")
         if not self.allow_long_holds:
             longest = self.failover_ttl - _TTL_SLACK - self.probe_delay_max
             need(self.hold[1] <= longest,
@@ -318,7 +340,7 @@ class ChaosConfig:
             "failure_threshold": self.health.failure_threshold,
             "failover_ttl": self.failover_ttl, "hold": list(self.hold),
             "latency_margin": self.latency_margin, "latency_bound": self.latency_bound,
-            "rate": self.rate,
+            "rate": self.rate, "face": self.face,
         }
 
 
@@ -1249,11 +1271,17 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def _make_client(config: ChaosConfig, servers: list[str]) -> Client:
+    """The client the workers share: a thread-face client, or with ``face="async"``
+    an asyncio one on an event loop of its own, called through :class:`Looped`."""
     options: dict[str, Any] = {
         "failover": Failover("next", failover_ttl=config.failover_ttl),
         "timeouts": config.timeouts,
         "health": config.health,
     }
+    if config.face == "async":
+        cls: Any = AsyncBackupClient if config.mode == "backup" else AsyncClient
+        looped: Any = Looped(cls(servers, **options), name="memring-chaos-loop")
+        return looped  # type: ignore[no-any-return]
     if config.mode == "backup":
         return BackupClient(servers, **options)
     return Client(servers, **options)
@@ -1563,7 +1591,7 @@ def _ms(seconds: float | None) -> str:
 def _format_table(r: ChaosReport) -> str:
     c = r.config
     lines = [
-        f"memring chaos: mode {c.mode}, {c.nodes} nodes, {c.threads} threads x "
+        f"memring chaos: mode {c.mode} ({c.face} face), {c.nodes} nodes, {c.threads} threads x "
         f"{c.keys_per_thread} keys, {r.elapsed_s:.1f} s, seed {c.seed}, faults "
         f"{','.join(c.faults) or 'none'}",
         f"timeouts connect {c.timeouts.connect:g} s / read {c.timeouts.read:g} s, "

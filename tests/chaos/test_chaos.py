@@ -220,6 +220,29 @@ def test_command_line_end_to_end() -> None:
     _assert_stopped(report["pids"])
 
 
+def test_command_line_async_face() -> None:
+    """``memring chaos --async``: the workload's calls are tasks of one event loop; in
+    backup mode no key may be lost (the modes' other promises are the sync runs')."""
+    mode = "backup"
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    done = subprocess.run(
+        [sys.executable, "-m", "memring", "chaos", "--async", "--mode", mode, "--duration", "14",
+         "--nodes", "3", "--threads", "4", "--faults", "kill,hang", "--seed", "3",
+         "--format", "json"],
+        capture_output=True, text=True, timeout=90, env=env,
+    )
+    assert done.stderr == "", done.stderr
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, json.dumps(report["violations"])
+    assert report["config"]["face"] == "async"
+    kinds = [e["kind"] for e in report["events"]]
+    assert kinds and set(kinds) <= {"hang", "kill"}  # a busy machine may leave time for one
+    assert report["ops"] > 1000
+    assert report["stale_reads"] == 0 and report["resurrected_deletes"] == 0
+    assert report["lost_keys"] == 0
+    _assert_stopped(report["pids"])
+
+
 def test_command_line_rejects_bad_input_in_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "memring", "chaos", "--nodes", "1"],
