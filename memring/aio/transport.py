@@ -41,15 +41,52 @@ from memring.protocol.errors import Cut, Stale, batch_results, key_of, translate
 __all__ = ["AsyncTransport", "Connection"]
 
 Item = tuple[bytes, int]
+_GET = COMMANDS["get"].parse
+_SET = COMMANDS["set"].parse
 #: The longest a metadump (a rebuild's list of keys) may take in all.
 _METADUMP_SECONDS = 300.0
+
+
+class Deadlines:
+    """When each call in flight on a node's connections must end.
+
+    One timer of the loop checks them all every ``period`` seconds while any
+    call is in flight, instead of a timer per call (a timer's heap push and
+    cancel cost a tenth of a loopback ``get``). A call that overruns its
+    deadline fails at the next check: at most ``period`` late.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.busy: dict[Connection, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, conn: Connection, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.busy[conn] = loop.time() + timeout
+        if self._handle is None:
+            self._handle = loop.call_later(self.period, self._check, loop)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        now = loop.time()
+        for conn in [c for c, at in self.busy.items() if at <= now]:
+            conn.timed_out()
+        if self.busy:
+            self._handle = loop.call_later(self.period, self._check, loop)
+
+    def clear(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.busy.clear()
 
 
 class Connection(asyncio.Protocol):
     """One connection to a node, used by one call at a time (see the module docstring)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, deadlines: Deadlines) -> None:
         self.limit = limit
+        self._deadlines = deadlines
         self.transport: asyncio.Transport | None = None
         self.closed = False
         #: Closed by the server (not by us): it may have restarted.
@@ -62,7 +99,6 @@ class Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._have = 0
         self._need = 0
-        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,12 +156,12 @@ class Connection(asyncio.Protocol):
         self._args = args
         self._need = 0
         self.uses += 1
-        self._timer = loop.call_later(timeout, self._timed_out)
+        self._deadlines.add(self, loop, timeout)
         self.transport.write(data)
         return waiter
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        """Its call's time is up: fail it, close the connection."""
         self._fail(TimeoutError("no reply"))
 
     def _fail(self, exc: BaseException) -> None:
@@ -137,9 +173,7 @@ class Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         self._waiter = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadlines.busy.pop(self, None)
 
     def abort(self) -> None:
         """Close at once, dropping whatever is buffered either way."""
@@ -222,6 +256,7 @@ class AsyncTransport:
         self._waiters: collections.deque[asyncio.Future[Connection | None]] = (
             collections.deque())
         self.closed = False
+        self._deadlines = Deadlines(min(0.05, max(0.005, timeouts.read / 10)))
         #: Connections closed because the call using them was cancelled.
         self.closed_on_cancel = 0
 
@@ -248,6 +283,7 @@ class AsyncTransport:
         self._idle = []
         self._count = 0
         self._waiters.clear()
+        self._deadlines = Deadlines(self._deadlines.period)  # the old one's timer: the old loop's
         self._loop = loop
 
     async def _checkout(self, key: object) -> Connection:
@@ -293,10 +329,10 @@ class AsyncTransport:
 
     async def _connect(self) -> Connection:
         assert self._loop is not None
-        limit = self._limit
+        limit, deadlines = self._limit, self._deadlines
         _, conn = await asyncio.wait_for(
             self._loop.create_connection(
-                lambda: Connection(limit), self.node.host, self.node.port, ssl=self._tls,
+                lambda: Connection(limit, deadlines), self.node.host, self.node.port, ssl=self._tls,
                 server_hostname=self.node.host if self._tls is not None else None),
             self.connect_timeout)
         sock = conn.transport.get_extra_info("socket") if conn.transport else None
@@ -355,12 +391,27 @@ class AsyncTransport:
             return await self.dump_keys()
         return await self._call(method, args, retry=True)
 
+    # get and set: _call() with the usual case (an idle connection) inlined;
+    # they are a session store's calls.
     async def get(self, key: bytes) -> Item | None:
-        item: Item | None = await self._call("get", (key,), retry=True)
+        conn = self._idle_connection()
+        if conn is None:
+            fresh: Item | None = await self._call("get", (key,), retry=True)
+            return fresh
+        args = (key,)
+        future = conn.request(b"get %s\r\n" % key, _GET, args, self.read_timeout)
+        item: Item | None = await self.finish(conn, future, "get", args, True)
         return item
 
     async def set(self, key: bytes, item: Item, expire: int) -> bool:
-        return bool(await self._call("set", (key, item, expire), retry=True))
+        conn = self._idle_connection()
+        args = (key, item, expire)
+        if conn is None:
+            return bool(await self._call("set", args, retry=True))
+        data, flags = item
+        future = conn.request(b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data),
+                              _SET, args, self.read_timeout)
+        return bool(await self.finish(conn, future, "set", args, True))
 
     async def _call(self, method: str, args: tuple[Any, ...], retry: bool) -> Any:
         command = COMMANDS[method]

@@ -554,10 +554,15 @@ class Engine:
 
     def _collect(self, got: Mapping[bytes, Item], by_kb: Mapping[bytes, Any], node: Node,
                  out: dict[Any, Any], failed: dict[bytes, Exception]) -> None:
-        """One node's ``get_many`` reply into ``out`` (a key that can't be decoded: ``failed``)."""
+        """One node's ``get_many`` reply into ``out`` (a key that can't be decoded: ``failed``).
+
+        Decoded as the fast paths decode (:meth:`home_value`): the same result
+        as :meth:`value` for every item (tombstones and copies take its way).
+        """
+        home_value = self.home_value
         for kb, raw in got.items():
             try:
-                value = self.value(kb, raw, MISSING, node)
+                value = home_value(kb, raw, MISSING, node)
             except MemringError as exc:
                 failed[kb] = exc
                 continue
