@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from memring import BackupClient, Client, Failover, MemringError, NodeUnavailable, Timeouts
+from memring import Failover, MemringError, NodeUnavailable, Timeouts
 from memring.sessions import SessionStore
 from memring.tools.local import MemcachedProcess, find_memcached
+from tests import faces
+from tests.faces import both_faces
 
 pytestmark = pytest.mark.integration
 
@@ -115,8 +117,9 @@ def tls_servers(certificate: tuple[Path, Path], trusted: ssl.SSLContext) -> Iter
             p.kill()
 
 
-def test_set_get_over_tls(tls_servers: list[str], trusted: ssl.SSLContext) -> None:
-    with Client(tls_servers, tls_context=trusted, timeouts=TIMEOUTS) as mc:
+@both_faces
+def test_set_get_over_tls(tls_servers: list[str], trusted: ssl.SSLContext, face: str) -> None:
+    with faces.make(face, tls_servers, tls_context=trusted, timeouts=TIMEOUTS) as mc:
         assert mc.set("tls:k", {"secret": "value"}, expire=60)
         assert mc.get("tls:k") == {"secret": "value"}
         assert mc.get_many(["tls:k", "tls:none"]) == {"tls:k": {"secret": "value"}}
@@ -124,10 +127,11 @@ def test_set_get_over_tls(tls_servers: list[str], trusted: ssl.SSLContext) -> No
         assert len(mc.stats()) == 2  # every node answered over TLS
 
 
+@both_faces
 def test_backup_client_and_sessions_over_tls(tls_servers: list[str],
-                                              trusted: ssl.SSLContext) -> None:
-    with BackupClient(tls_servers, tls_context=trusted, timeouts=TIMEOUTS) as mc:
-        assert isinstance(mc, BackupClient)
+                                              trusted: ssl.SSLContext, face: str) -> None:
+    with faces.make(face, tls_servers, backup=True, tls_context=trusted,
+                    timeouts=TIMEOUTS) as mc:
         store = SessionStore(mc, ttl=60)
         s = store.create({"user_id": 7})
         loaded = store.load(s.id)
@@ -135,22 +139,25 @@ def test_backup_client_and_sessions_over_tls(tls_servers: list[str],
         assert len(mc.owners("session:" + s.id)) == 2
 
 
-def test_plain_client_cannot_talk_to_the_tls_port(tls_servers: list[str]) -> None:
-    with Client(tls_servers[:1], failover=Failover("fail"), timeouts=TIMEOUTS) as mc, \
+@both_faces
+def test_plain_client_cannot_talk_to_the_tls_port(tls_servers: list[str], face: str) -> None:
+    with faces.make(face, tls_servers[:1], failover=Failover("fail"), timeouts=TIMEOUTS) as mc, \
             pytest.raises(NodeUnavailable):
         mc.get("tls:k")
 
 
-def test_untrusted_certificate_is_refused(tls_servers: list[str]) -> None:
+@both_faces
+def test_untrusted_certificate_is_refused(tls_servers: list[str], face: str) -> None:
     untrusted = ssl.create_default_context()  # system CAs: our self-signed cert isn't there
-    with Client(tls_servers[:1], tls_context=untrusted, failover=Failover("fail"),
+    with faces.make(face, tls_servers[:1], tls_context=untrusted, failover=Failover("fail"),
                 timeouts=TIMEOUTS) as mc, pytest.raises(NodeUnavailable) as info:
         mc.get("tls:k")
     assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
 
 
-def test_plain_client_with_failover_gets_a_clear_error(tls_servers: list[str]) -> None:
+@both_faces
+def test_plain_client_with_failover_gets_a_clear_error(tls_servers: list[str], face: str) -> None:
     # Every node refuses plain text: failing over can't help, and the caller
     # gets a memring error quickly instead of a hang or a wrong answer.
-    with Client(tls_servers, timeouts=TIMEOUTS) as mc, pytest.raises(MemringError):
+    with faces.make(face, tls_servers, timeouts=TIMEOUTS) as mc, pytest.raises(MemringError):
         mc.set("tls:x", 1)
