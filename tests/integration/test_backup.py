@@ -28,9 +28,13 @@ from memring import (
 from memring.engine.serde import safe_serde
 from memring.engine.versions import Kind, decode
 from memring.tools.local import LocalCluster
+from tests import faces
 from tests.stored import ttl
 
 pytestmark = pytest.mark.integration
+#: Every test runs on both faces, but the 20,000-key kill of every node in turn, whose
+#: async twin (fewer keys, under concurrent tasks) is in test_async.py.
+both = pytest.mark.parametrize("face", faces.FACES, indirect=True)
 
 TIMEOUTS = Timeouts(connect=0.2, read=0.3)
 HEALTH = HealthPolicy(backoff_initial=0.1, backoff_max=0.3, jitter=0)
@@ -45,14 +49,15 @@ BATCH = 1_000
 
 # -- helpers -----------------------------------------------------------------
 @pytest.fixture
-def make_backup() -> Iterator[Callable[..., BackupClient]]:
+def make_backup(face: str) -> Iterator[Callable[..., BackupClient]]:
+    """Backup clients of the ``face`` the test runs on (every test runs on both)."""
     made: list[BackupClient] = []
 
     def make(cluster: LocalCluster, **options: Any) -> BackupClient:
         options.setdefault("timeouts", TIMEOUTS)
         options.setdefault("health", HEALTH)
         options.setdefault("failover", FAILOVER)
-        c = BackupClient(cluster.servers, **options)
+        c = faces.make(face, cluster.servers, backup=True, **options)
         made.append(c)
         return c
 
@@ -179,6 +184,7 @@ def test_killing_any_one_node_loses_no_key(fresh_cluster, make_backup, victim: i
 
 
 # -- a hung node returns: Invariant S ----------------------------------------
+@both
 def test_hung_node_returns_without_stale_reads_or_resurrected_deletes(
         fresh_cluster, make_backup, raw) -> None:
     a = make_backup(fresh_cluster)
@@ -228,6 +234,7 @@ def test_hung_node_returns_without_stale_reads_or_resurrected_deletes(
         assert (got[1] if got is not None else None) == want, key
 
 
+@both
 def test_other_owner_dies_while_the_returned_node_warms(fresh_cluster, make_backup,
                                                       raw) -> None:
     """Two faults in a row: p hangs and returns, then its partner s dies while p warms.
@@ -280,6 +287,7 @@ def test_other_owner_dies_while_the_returned_node_warms(fresh_cluster, make_back
 
 
 # -- a node restarts empty ---------------------------------------------------
+@both
 def test_node_restarted_empty_is_repaired_on_read(fresh_cluster, make_backup, raw) -> None:
     client = make_backup(fresh_cluster)
     client._engine.queue_rebuild = lambda node, delay=0.0: None  # reads alone must repair it
@@ -304,6 +312,7 @@ def test_node_restarted_empty_is_repaired_on_read(fresh_cluster, make_backup, ra
     assert_clean(audit(client, expected), "node restarted empty")
 
 
+@both
 def test_restarted_node_is_refilled_then_its_partner_may_die(fresh_cluster, make_backup,
                                                             raw) -> None:
     """A node restarts empty; reads while it warms copy its keys back; then a partner dies.
@@ -334,6 +343,7 @@ def test_restarted_node_is_refilled_then_its_partner_may_die(fresh_cluster, make
     assert_clean(audit(client, expected), "refilled node up, its partner killed")
 
 
+@both
 def test_restarted_node_is_rebuilt_even_if_no_key_is_read(fresh_cluster, make_backup,
                                                           raw) -> None:
     """A node restarts empty and nobody reads its keys; then a partner dies: nothing is lost.
@@ -360,6 +370,7 @@ def test_restarted_node_is_rebuilt_even_if_no_key_is_read(fresh_cluster, make_ba
     assert_clean(audit(client, expected), "rebuilt node, its partner killed")
 
 
+@both
 def test_node_down_then_restarted_gets_its_outage_keys_back(
         fresh_cluster, make_backup, raw) -> None:
     client = make_backup(fresh_cluster)
@@ -396,6 +407,7 @@ def test_node_down_then_restarted_gets_its_outage_keys_back(
 
 
 # -- every write on two nodes ------------------------------------------------
+@both
 def test_every_write_reaches_two_distinct_nodes(cluster, make_backup, raw, ns) -> None:
     client = make_backup(cluster)
     keys = [f"{ns}:{i}" for i in range(200)]
@@ -416,6 +428,7 @@ def test_every_write_reaches_two_distinct_nodes(cluster, make_backup, raw, ns) -
 
 
 # -- semantics across the two copies ----------------------------------------
+@both
 def test_add_never_succeeds_on_one_copy_only(cluster, make_backup, raw, ns) -> None:
     client = make_backup(cluster)
     key = f"{ns}:add"
@@ -438,6 +451,7 @@ def test_add_never_succeeds_on_one_copy_only(cluster, make_backup, raw, ns) -> N
     assert client.get(key) == "fourth"
 
 
+@both
 def test_single_key_operations_behave_like_memcached(cluster, make_backup, raw, ns) -> None:
     """Each operation returns what memcached returns, and the copies stay equal."""
     client = make_backup(cluster)
@@ -502,6 +516,7 @@ def test_single_key_operations_behave_like_memcached(cluster, make_backup, raw, 
         ref.close()
 
 
+@both
 def test_expiry_is_the_same_on_both_copies(cluster, make_backup, raw, ns) -> None:
     client = make_backup(cluster)
     key = f"{ns}:exp"
@@ -525,6 +540,7 @@ def test_expiry_is_the_same_on_both_copies(cluster, make_backup, raw, ns) -> Non
     assert holders(raw, client.owners(short), short) == {}
 
 
+@both
 def test_delete_then_kill_the_primary_is_still_a_miss(fresh_cluster, make_backup,
                                                       raw) -> None:
     client = make_backup(fresh_cluster)
@@ -548,6 +564,7 @@ def test_delete_then_kill_the_primary_is_still_a_miss(fresh_cluster, make_backup
         assert c.get_many(keys) == {k: "v" for k in keys if k not in doomed}
 
 
+@both
 def test_multi_key_calls_across_nodes(cluster, make_backup, raw, ns) -> None:
     client = make_backup(cluster)
     keys = [f"{ns}:{i}" for i in range(120)]
