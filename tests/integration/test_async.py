@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,7 @@ from memring import (
 )
 from memring.aio import transport as aio_transport
 from memring.engine.defaults import WARMING_MARGIN
-from memring.tools.local import LocalCluster, MemcachedNotFound, find_memcached
+from memring.tools.local import LocalCluster
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +44,6 @@ TIMEOUTS = Timeouts(connect=0.2, read=0.3)
 HEALTH = HealthPolicy(backoff_initial=0.1, backoff_max=0.3, jitter=0)
 TASKS = 24
 KEYS_PER_TASK = 25
-
-
-@pytest.fixture
-def four() -> Iterator[LocalCluster]:
-    """Four fresh memcached processes, stopped by PID afterwards."""
-    try:
-        binary = find_memcached()
-    except MemcachedNotFound as exc:
-        pytest.fail(f"this test needs a memcached binary: {exc}", pytrace=False)
-    cluster = LocalCluster(4, binary=binary)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @dataclass
@@ -139,14 +123,15 @@ async def wait_state(clients: list[AsyncClient], node: Any, state: NodeState,
         await asyncio.sleep(0.02)
 
 
-def test_invariant_s_under_concurrent_tasks_with_hang_and_kill(four: LocalCluster) -> None:
+def test_invariant_s_under_concurrent_tasks_with_hang_and_kill(fresh_cluster: LocalCluster) -> None:
     async def main() -> Counts:
-        clients = [AsyncClient(four.servers, failover=Failover("next", failover_ttl=FAILOVER_TTL),
+        clients = [AsyncClient(fresh_cluster.servers,
+                               failover=Failover("next", failover_ttl=FAILOVER_TTL),
                                timeouts=TIMEOUTS, health=HEALTH) for _ in range(2)]
         counts = Counts()
         models = [Keys(f"t{i}") for i in range(TASKS)]
         rng = random.Random(17)
-        hung, killed = four[0], four[1]
+        hung, killed = fresh_cluster[0], fresh_cluster[1]
         run_for = 6.0
         until = time.monotonic() + run_for
         tasks = [asyncio.ensure_future(worker(clients[i % 2], m, counts, until,
@@ -188,12 +173,13 @@ def test_invariant_s_under_concurrent_tasks_with_hang_and_kill(four: LocalCluste
     assert (counts.stale, counts.resurrected, counts.lost) == (0, 0, 0), counts
 
 
-def test_backup_loses_no_key_with_one_node_down(four: LocalCluster) -> None:
+def test_backup_loses_no_key_with_one_node_down(fresh_cluster: LocalCluster) -> None:
     async def main() -> tuple[int, int]:
-        async with AsyncBackupClient(four.servers, timeouts=TIMEOUTS, health=HEALTH) as client:
+        async with AsyncBackupClient(fresh_cluster.servers, timeouts=TIMEOUTS,
+                                     health=HEALTH) as client:
             keys = [f"b:{i}" for i in range(2000)]
             assert await client.set_many({k: k for k in keys}) == []
-            four[2].kill()
+            fresh_cluster[2].kill()
             got: dict[str, Any] = {}
             for i in range(0, len(keys), 250):
                 got.update(await client.get_many(keys[i:i + 250]))
@@ -207,7 +193,7 @@ def test_backup_loses_no_key_with_one_node_down(four: LocalCluster) -> None:
 
 
 def test_calls_cancelled_at_random_points_never_leave_a_connection_out_of_step(
-        four: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+        fresh_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     reused: list[int] = []
     original = aio_transport.Connection.request
 
@@ -220,7 +206,7 @@ def test_calls_cancelled_at_random_points_never_leave_a_connection_out_of_step(
 
     async def main() -> dict[str, int]:
         stats = {"calls": 0, "cancelled": 0, "completed": 0, "wrong": 0, "errors": 0}
-        async with AsyncClient(four.servers, max_pool_size=8) as client:
+        async with AsyncClient(fresh_cluster.servers, max_pool_size=8) as client:
             values = {f"c:{i}": f"c:{i}=" + "x" * (i % 7 * 300) for i in range(200)}
             assert await client.set_many(values) == []
             keys = list(values)
