@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from memring import Failover, HealthPolicy, MultiKeyError, NodeState, NodeUnavailable
+from tests import faces
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("face", faces.FACES, indirect=True)]
 
 READ_TIMEOUT = 0.3  # conftest.FAST_TIMEOUTS
 MARGIN = 0.25  # no call may take longer than READ_TIMEOUT + MARGIN

@@ -14,8 +14,10 @@ from pymemcache.exceptions import MemcacheServerError
 
 from memring import Client, InvalidKey, ValueTooLarge
 from memring.engine.base import ITEM_OVERHEAD
+from tests import faces
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("face", faces.FACES, indirect=True)]
 
 MAX_ITEM = 1024 * 1024  # memcached's default -I 1m
 

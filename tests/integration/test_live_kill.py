@@ -10,8 +10,10 @@ from pymemcache.serde import FLAG_TEXT
 from memring import Failover, MemringError, MultiKeyError, NodeUnavailable
 from memring.engine.base import ITEM_OVERHEAD
 from memring.engine.versions import Kind, decode
+from tests import faces
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.parametrize("face", faces.FACES, indirect=True)]
 
 
 def _spread(client, ns, n=40):
