@@ -3,7 +3,8 @@
 The walk is driven by the methods' signatures: each parameter name has a
 valid value and a list of bad ones, each with the builtin exception a
 plain Python function would raise for it. For each public method of
-:class:`~memring.Client` and :class:`~memring.BackupClient`, every bad value
+:class:`~memring.Client` and :class:`~memring.BackupClient`, and of the asyncio
+face's :class:`~memring.AsyncClient` and :class:`~memring.AsyncBackupClient`, every bad value
 of every parameter is passed (the others valid) and the call must raise a
 :class:`~memring.MemringError` that is also that builtin, having sent
 nothing: the transports record every call made on them. A method with a
@@ -20,8 +21,19 @@ from typing import Any
 
 import pytest
 
-from memring import BackupClient, Client, InvalidKeyType, MemringError
-from tests.fakes import FakeClock, FakeCluster, FakeTransport
+from memring import (
+    AsyncBackupClient,
+    AsyncClient,
+    BackupClient,
+    Client,
+    InvalidKeyType,
+    MemringError,
+)
+from tests.faces import Blocking
+from tests.fakes import AsyncFakeTransport, FakeClock, FakeCluster, FakeTransport
+
+#: Every client of both faces.
+KINDS: list[type[Any]] = [Client, BackupClient, AsyncClient, AsyncBackupClient]
 
 #: ``parameter name -> (valid value, [(bad value, builtin it must also be), ...])``.
 #: ``value`` is a stored value except for ``incr``/``decr`` (see AMOUNT).
@@ -94,11 +106,39 @@ class RecordingTransport(FakeTransport):
         return super().set(key, item, expire)
 
 
+class AsyncRecordingTransport(AsyncFakeTransport):
+    """:class:`RecordingTransport` at the asyncio face's seam."""
+
+    def __init__(self, *args: Any, log: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._log = log
+
+    async def call(self, method: str, *args: Any) -> Any:
+        self._log.append(method)
+        return await super().call(method, *args)
+
+    def send(self, method: str, *args: Any) -> Any:
+        self._log.append(method)
+        return super().send(method, *args)
+
+    async def get(self, key: bytes) -> Any:
+        self._log.append("get")
+        return await super().get(key)
+
+    async def set(self, key: bytes, item: Any, expire: int) -> bool:
+        self._log.append("set")
+        return await super().set(key, item, expire)
+
+
 def _client(kind: type[Client], log: list[str]) -> Client:
+    """A client of ``kind`` on recording fakes (an async one called through Blocking)."""
     clock = FakeClock()
     cluster = FakeCluster(3, clock)
-    return kind(cluster.servers, _clock=clock, _background=False, _hlc=cluster.hlc,
-                _transport_factory=lambda node: RecordingTransport(cluster[node], log=log))
+    recorder: Any = (AsyncRecordingTransport if kind in (AsyncClient, AsyncBackupClient)
+                     else RecordingTransport)
+    client: Any = kind(cluster.servers, _clock=clock, _background=False, _hlc=cluster.hlc,
+                       _transport_factory=lambda node: recorder(cluster[node], log=log))
+    return client if recorder is RecordingTransport else Blocking(client)  # type: ignore[return-value]
 
 
 def _methods(kind: type[Client]) -> list[str]:
@@ -135,7 +175,7 @@ def _call(client: Client, name: str, params: list[inspect.Parameter],
 
 
 def _cases() -> Iterator[Any]:
-    for kind in (Client, BackupClient):
+    for kind in KINDS:
         for name in _methods(kind):
             for p in _parameters(kind, name):
                 if p.kind is p.VAR_KEYWORD:
@@ -157,7 +197,7 @@ def test_a_bad_argument_raises_a_typed_error_and_sends_nothing(
     assert log == [], f"{name} sent {log} before refusing {param}={bad!r}"
 
 
-@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_public_method_is_walked_and_its_valid_call_reaches_a_node(
         kind: type[Client]) -> None:
     """The walk's control: with only valid arguments each method runs, and sends
@@ -196,7 +236,7 @@ BAD_OPTIONS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("options", BAD_OPTIONS, ids=lambda o: "-".join(map(str, o.items())))
 def test_a_bad_constructor_argument_is_a_config_error(kind: type[Client],
                                                       options: dict[str, Any]) -> None:
