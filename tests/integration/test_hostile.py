@@ -46,11 +46,25 @@ from memring import (
 )
 from memring.hashring.node import parse_node
 from memring.tools.local import LocalCluster
+from tests import faces
 from tests.netfaults import FaultProxy, HostileServer, behaviours, proxied_node
 from tests.netfaults.behaviours import Behaviour
 from tests.netfaults.survey import CASES, SERVER_CASES
 
 pytestmark = pytest.mark.integration
+
+
+def _async(backup: bool) -> Callable[..., Any]:
+    """An asyncio client of the servers, called as the sync one is (tests/faces.py)."""
+    def make(servers: list[Any], **options: Any) -> Any:
+        return faces.make("async", servers, backup=backup, **options)
+    make.__name__ = "AsyncBackupClient" if backup else "AsyncClient"
+    return make
+
+
+#: The clients every hostile case runs against: both faces.
+KINDS: list[Any] = [Client, BackupClient, _async(False), _async(True)]
+KIND_IDS = [k.__name__ for k in KINDS]
 
 TIMEOUTS = Timeouts(connect=0.2, read=0.2)
 #: A call's deadline is connect + read; the rest is slack for a loaded machine.
@@ -98,7 +112,7 @@ def _keys(client: Client, hostile: Any, ns: str) -> tuple[list[str], list[str]]:
     i = 0
     while len(on) < KEYS or len(off) < KEYS:
         key = f"{ns}:{i}"
-        holders = (client.owners(key) if isinstance(client, BackupClient)
+        holders = (client.owners(key) if hasattr(client, "owners")
                    else [client.ring.node_for(key)])
         (on if hostile in holders else off).append(key)
         i += 1
@@ -140,7 +154,7 @@ def _own(allowed: dict[str, set[Any]], key: str, value: Any, label: str) -> None
     assert value in allowed[key] | {None}, f"{label}: {key} read {value!r}"
 
 
-@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 @pytest.mark.parametrize("case", NAMES)
 def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, case: str,
                                                kind: type[Client]) -> None:
@@ -167,7 +181,7 @@ NETWORK_CASES: dict[str, Callable[[FaultProxy], None]] = {
 }
 
 
-@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 @pytest.mark.parametrize("case", list(NETWORK_CASES))
 def test_a_faulty_network_to_a_real_node_costs_one_bounded_call(
         cluster: LocalCluster, ns: str, case: str, kind: type[Client]) -> None:
@@ -328,7 +342,7 @@ def test_past_1024_descriptors_a_hung_node_costs_one_bounded_call(
             backup.close()
 
 
-@pytest.mark.parametrize("kind", [Client, BackupClient])
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_a_stray_reply_on_an_idle_connection_is_never_read_as_the_next_one(
         cluster: LocalCluster, ns: str, kind: type[Client]) -> None:
     """A node that answers a get twice, the second time 50 ms later: the copy lands on
