@@ -104,9 +104,11 @@ class AsyncFace(Face):
             except MemringError as exc:
                 results = [exc]
         else:
-            replies = [homes[node][0].send(method, *args) for node, method, args in calls]
+            replies: list[Any] = []
             results = []
             try:
+                for node, method, args in calls:
+                    replies.append(homes[node][0].send(method, *args))
                 for reply in replies:
                     try:
                         results.append(await reply.result())
@@ -114,8 +116,10 @@ class AsyncFace(Face):
                         results.append(exc)
             except BaseException:
                 # Cancelled (or a bug): no reply left unread may leave its
-                # connection in the pool.
-                for reply in replies[len(results) + 1:]:
+                # connection in the pool. The one being awaited closed its own;
+                # if a request could not even be sent, every one sent is left.
+                awaited = len(results) + (len(replies) == len(calls))
+                for reply in replies[awaited:]:
                     reply.abandon()
                 raise
         if record:

@@ -357,7 +357,7 @@ class AsyncTransport:
     def discard(self, conn: Connection) -> None:
         """Close and forget a connection checked out by a call that did not end cleanly."""
         conn.abort()
-        self._count -= 1
+        self._count = max(0, self._count - 1)  # one of another loop's was not counted
         self._wake_one()
 
     def _wake_one(self) -> None:

@@ -32,8 +32,10 @@ from tests import faces
 from tests.stored import ttl
 
 pytestmark = pytest.mark.integration
-#: Every test runs on both faces, but the 20,000-key kill of every node in turn, whose
-#: async twin (fewer keys, under concurrent tasks) is in test_async.py.
+#: Tests marked so run on both faces. Left to the sync face, for the time they take: the
+#: 20,000-key kill of every node in turn (its async twin, under concurrent tasks, is
+#: in test_async.py) and the two scenarios of a second fault while a node warms (the
+#: property tests run those on both faces).
 both = pytest.mark.parametrize("face", faces.FACES, indirect=True)
 
 TIMEOUTS = Timeouts(connect=0.2, read=0.3)
@@ -234,7 +236,6 @@ def test_hung_node_returns_without_stale_reads_or_resurrected_deletes(
         assert (got[1] if got is not None else None) == want, key
 
 
-@both
 def test_other_owner_dies_while_the_returned_node_warms(fresh_cluster, make_backup,
                                                       raw) -> None:
     """Two faults in a row: p hangs and returns, then its partner s dies while p warms.
@@ -312,7 +313,6 @@ def test_node_restarted_empty_is_repaired_on_read(fresh_cluster, make_backup, ra
     assert_clean(audit(client, expected), "node restarted empty")
 
 
-@both
 def test_restarted_node_is_refilled_then_its_partner_may_die(fresh_cluster, make_backup,
                                                             raw) -> None:
     """A node restarts empty; reads while it warms copy its keys back; then a partner dies.

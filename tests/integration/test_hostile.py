@@ -154,7 +154,9 @@ def _own(allowed: dict[str, set[Any]], key: str, value: Any, label: str) -> None
     assert value in allowed[key] | {None}, f"{label}: {key} read {value!r}"
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+#: The survey's misbehaviours on both sync clients and the single-copy async one (the
+#: async backup client meets each network fault below, and the stray reply).
+@pytest.mark.parametrize("kind", KINDS[:3], ids=KIND_IDS[:3])
 @pytest.mark.parametrize("case", NAMES)
 def test_a_hostile_node_costs_one_bounded_call(cluster: LocalCluster, ns: str, case: str,
                                                kind: type[Client]) -> None:

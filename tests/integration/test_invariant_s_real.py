@@ -236,6 +236,7 @@ def test_b_kill_restart(four: LocalCluster, clients: tuple[Client, Client]) -> N
 
 
 @pytest.mark.parametrize("second", ["hang", "kill"])
+@pytest.mark.parametrize("clients", ["sync"], indirect=True)  # the async face: a and b above
 def test_c_flapping(four: LocalCluster, clients: tuple[Client, Client], second: str) -> None:
     """Down, writes, back; down again while warming, writes, back."""
     a, b = clients
