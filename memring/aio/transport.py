@@ -309,23 +309,27 @@ class AsyncTransport:
 
     async def _wait_for_one(self, key: object) -> Connection | None:
         """Wait (at most the connect timeout) for a connection given back, or a free slot."""
-        assert self._loop is not None
-        waiter: asyncio.Future[Connection | None] = self._loop.create_future()
+        loop = self._loop
+        assert loop is not None
+        waiter: asyncio.Future[Connection | None] = loop.create_future()
         self._waiters.append(waiter)
+        timer = loop.call_later(self.connect_timeout, _give_up, waiter)
         try:
-            return await asyncio.wait_for(waiter, self.connect_timeout)
-        except TimeoutError:
+            return await waiter
+        except _PoolWait:
             raise PoolExhausted(
                 f"connection pool exhausted: {self.max_size} connections busy for "
                 f"{self.connect_timeout:g}s", node=self.node, key=key) from None
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
+        except BaseException:  # cancelled: a connection handed over meanwhile goes on
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 handed = waiter.result()
-                if handed is not None:  # handed one just as we gave up: pass it on
+                if handed is not None:
                     self.release(handed)
                 else:
                     self._wake_one()
             raise
+        finally:
+            timer.cancel()
 
     async def _connect(self) -> Connection:
         assert self._loop is not None
@@ -499,3 +503,12 @@ class AsyncTransport:
     def __len__(self) -> int:
         """Connections open or being opened, idle or in use."""
         return self._count
+
+
+class _PoolWait(Exception):
+    """A call waited the connect timeout for a connection and got none."""
+
+
+def _give_up(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_PoolWait())
