@@ -10,7 +10,8 @@ thread transport uses too.
   that waits for one to be free, at most the connect timeout, then raises
   :class:`~memring.PoolExhausted`. Connecting is bounded by the connect
   timeout; a reply must be complete within the read timeout of its
-  request (a timer of the loop, no task per call).
+  request (checked by one timer per node, :class:`Deadlines`: no task or
+  timer per call).
 * **Pipelined.** :meth:`AsyncTransport.send` writes a request at once and
   returns its reply to await later, so one task keeps several nodes at
   work (multi-key calls, backup writes) and waits one read timeout in all.
