@@ -5,13 +5,14 @@ from __future__ import annotations
 from memring.aio.face import AsyncFace, async_method
 from memring.engine.api import BACKUP_OPERATIONS, OPERATIONS, declare
 from memring.engine.backup import BackupEngine
+from memring.engine.compat import PymemcacheMethods
 from memring.hashring import Node
 
 __all__ = ["AsyncBackupClient"]
 
 
 @declare(BackupEngine, async_method, OPERATIONS + BACKUP_OPERATIONS)
-class AsyncBackupClient(AsyncFace):
+class AsyncBackupClient(AsyncFace, PymemcacheMethods):
     """:class:`memring.BackupClient` for asyncio: two copies of every key, the same
     semantics and costs (see there), with ``async def`` methods."""
 

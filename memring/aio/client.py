@@ -6,6 +6,7 @@ from typing import Any
 
 from memring.aio.face import AsyncFace, async_method
 from memring.engine.api import declare
+from memring.engine.compat import PymemcacheMethods
 from memring.engine.health import NodeState
 from memring.engine.keys import encode_key
 from memring.engine.single import SingleEngine
@@ -18,7 +19,7 @@ _THIRTY_DAYS = 30 * 24 * 3600
 
 
 @declare(SingleEngine, async_method)
-class AsyncClient(AsyncFace):
+class AsyncClient(AsyncFace, PymemcacheMethods):
     """:class:`memring.Client` for asyncio: the same constructor, policies, errors,
     serde, key rules and guarantees (Invariant S), with ``async def`` methods.
 
@@ -43,7 +44,7 @@ class AsyncClient(AsyncFace):
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` on a miss."""
         engine = self._engine
-        kb = encode_key(key, engine.prefix)
+        kb = encode_key(key, engine.prefix, engine.unicode_keys)
         home = engine.ring.node_for(kb)
         transport, health = engine.homes[home]
         if health.state is _UP and not engine.verify_reads:

@@ -44,6 +44,9 @@ __all__ = ["AsyncTransport", "Connection"]
 Item = tuple[bytes, int]
 _GET = COMMANDS["get"].parse
 _SET = COMMANDS["set"].parse
+#: Methods the transport answers itself: a rebuild's key listing and a raw command,
+#: each on a connection of its own, and ``quit`` (closes the idle connections).
+_LOCAL = ("dump_keys", "raw", "quit")
 #: The longest a metadump (a rebuild's list of keys) may take in all.
 _METADUMP_SECONDS = 300.0
 
@@ -333,15 +336,21 @@ class AsyncTransport:
             timer.cancel()
 
     async def _connect(self) -> Connection:
-        assert self._loop is not None
-        limit, deadlines = self._limit, self._deadlines
-        _, conn = await asyncio.wait_for(
-            self._loop.create_connection(
-                lambda: Connection(limit, deadlines), self.node.host, self.node.port, ssl=self._tls,
-                server_hostname=self.node.host if self._tls is not None else None),
-            self.connect_timeout)
+        loop = self._loop
+        assert loop is not None
+        limit, deadlines, node = self._limit, self._deadlines, self.node
+        tls = self._tls
+        if node.is_unix:
+            opening = loop.create_unix_connection(
+                lambda: Connection(limit, deadlines), node.host, ssl=tls,
+                server_hostname="localhost" if tls is not None else None)
+        else:
+            opening = loop.create_connection(
+                lambda: Connection(limit, deadlines), node.host, node.port, ssl=tls,
+                server_hostname=node.host if tls is not None else None)
+        _, conn = await asyncio.wait_for(opening, self.connect_timeout)
         sock = conn.transport.get_extra_info("socket") if conn.transport else None
-        if sock is not None and self._tls is None:
+        if sock is not None and tls is None and not node.is_unix:
             import socket
 
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -377,7 +386,7 @@ class AsyncTransport:
     def send(self, method: str, *args: Any) -> Pending | Started:
         """Write ``method(*args)``'s request now (on an idle connection) or start it
         (in a task, when a connection must be made or waited for)."""
-        if method != "dump_keys":
+        if method not in _LOCAL:
             conn = self._idle_connection()
             if conn is not None:
                 command = COMMANDS[method]
@@ -392,8 +401,10 @@ class AsyncTransport:
 
     async def call(self, method: str, *args: Any) -> Any:
         """``method(*args)``: its result, or its memring error raised."""
-        if method == "dump_keys":
-            return await self.dump_keys()
+        if method in _LOCAL:  # answered here, on a connection of its own or none
+            if method == "quit":
+                return self.quit()
+            return await (self.dump_keys() if method == "dump_keys" else self.raw(*args))
         return await self._call(method, args, retry=True)
 
     # get and set: _call() with the usual case (an idle connection) inlined;
@@ -464,30 +475,67 @@ class AsyncTransport:
 
     async def dump_keys(self) -> list[bytes]:
         """Every key the node holds (``lru_crawler metadump all``), for rebuilding a copy;
-        read on a connection of its own."""
+        read on a connection of its own, parsed as it arrives."""
         reader = MetadumpReader()
-        deadline = time.monotonic() + max(_METADUMP_SECONDS, self.read_timeout)
+
+        def feed(buf: bytes, chunk: bytes) -> tuple[Any, bytes]:
+            return (reader.keys if reader.feed(chunk) else INCOMPLETE), b""
+
+        keys: list[bytes] = await self._alone(b"lru_crawler metadump all\r\n", feed,
+                                              max(_METADUMP_SECONDS, self.read_timeout))
+        return keys
+
+    async def raw(self, command: bytes, end_tokens: bytes) -> bytes:
+        """``command``'s reply up to ``end_tokens``, on a connection of its own (closed
+        after it: whatever follows the end tokens never reaches a pooled call)."""
+        args = (command, end_tokens)
+        parse, limit = COMMANDS["raw"].parse, self._limit
+
+        def feed(buf: bytes, chunk: bytes) -> tuple[Any, bytes]:
+            buf += chunk
+            return parse(buf, 0, args, limit)[0], buf
+
+        reply: bytes = await self._alone(COMMANDS["raw"].build(*args), feed, self.read_timeout)
+        return reply
+
+    async def _alone(self, request: bytes, feed: Callable[[bytes, bytes], tuple[Any, bytes]],
+                     seconds: float) -> Any:
+        """Write ``request`` on a connection of its own and read until ``feed`` (given
+        what was read so far and the next chunk) has a result, within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        node = self.node
         try:
-            stream, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.node.host, self.node.port, ssl=self._tls),
-                self.connect_timeout)
+            if node.is_unix:
+                opening = asyncio.open_unix_connection(node.host, ssl=self._tls)
+            else:
+                opening = asyncio.open_connection(node.host, node.port, ssl=self._tls)
+            stream, writer = await asyncio.wait_for(opening, self.connect_timeout)
         except Exception as exc:
-            raise translate(exc, self.node, None, self.connect_timeout) from exc
+            raise translate(exc, node, None, self.connect_timeout) from exc
         try:
-            writer.write(b"lru_crawler metadump all\r\n")
+            writer.write(request)
+            buf = b""
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError("metadump took too long")
+                    raise TimeoutError("the call's time is up")
                 chunk = await asyncio.wait_for(stream.read(65536), min(left, self.read_timeout))
                 if not chunk:
                     raise Cut()
-                if reader.feed(chunk):
-                    return reader.keys
+                result, buf = feed(buf, chunk)
+                if result is not INCOMPLETE:
+                    return result
         except Exception as exc:
-            raise translate(exc, self.node, None, self.read_timeout) from exc
+            raise translate(exc, node, None, self.read_timeout) from exc
         finally:
             writer.transport.abort()
+
+    def quit(self) -> None:
+        """Close every idle connection (pymemcache's ``quit``); the pool makes new ones."""
+        for conn in self._idle:
+            conn.abort()
+        self._count = max(0, self._count - len(self._idle))
+        self._idle = []
 
     def close(self) -> None:
         """Close every idle connection; one in use is closed when its call ends."""

@@ -52,12 +52,13 @@ _INT32 = 1 << 31
 OPERATIONS = (
     "get", "set", "gets", "add", "replace", "append", "prepend", "cas", "delete", "incr",
     "decr", "touch", "get_many", "gets_many", "set_many", "delete_many", "stats", "version",
-    "flush_all",
+    "flush_all", "cache_memlimit", "raw_command", "shutdown", "quit",
 )
 #: The backup client's operations besides.
 BACKUP_OPERATIONS = ("wait_redundant",)
 #: pymemcache's other names of the same methods.
-ALIASES = {"get_multi": "get_many", "set_multi": "set_many", "delete_multi": "delete_many"}
+ALIASES = {"get_multi": "get_many", "gets_multi": "gets_many", "set_multi": "set_many",
+           "delete_multi": "delete_many"}
 
 
 def declare(engine: type[Engine], wrap: Callable[[Any], Any],
