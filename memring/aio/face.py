@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from memring.engine import defaults
@@ -35,7 +35,6 @@ from memring.engine.health import NodeStatus
 from memring.engine.ops import Call, Op, Quiet, Results
 from memring.errors import MemringError
 from memring.hashring import Node
-from memring.hashring.node import NodeSpec
 
 __all__ = ["AsyncFace", "async_method"]
 
@@ -57,8 +56,7 @@ def async_method(fn: Callable[Concatenate[Any, P], Op[T]]
 class AsyncFace(Face):
     """The engine driven with asyncio (see the module docstring)."""
 
-    def __init__(self, servers: Iterable[NodeSpec] | str, **options: Any) -> None:
-        super().__init__(servers, **options)
+    def _start_face(self) -> None:
         self._sleep: Callable[[float], Any] = self._private.get("_sleep", asyncio.sleep)
         self._runner_task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from memring import _fork
@@ -28,7 +28,6 @@ from memring.engine.health import NodeStatus
 from memring.engine.ops import Call, Op, Quiet, Results
 from memring.errors import MemringError
 from memring.hashring import Node
-from memring.hashring.node import NodeSpec
 
 __all__ = ["SyncFace", "sync_method"]
 
@@ -51,8 +50,7 @@ def sync_method(fn: Callable[Concatenate[Any, P], Op[T]]) -> Callable[Concatenat
 class SyncFace(Face):
     """The engine driven with blocking sockets and threads (see the module docstring)."""
 
-    def __init__(self, servers: Iterable[NodeSpec] | str, **options: Any) -> None:
-        super().__init__(servers, **options)
+    def _start_face(self) -> None:
         self._sleep: Callable[[float], None] = self._private.get("_sleep", time.sleep)
         self._wake_lock = threading.Condition()
         self._thread: threading.Thread | None = None

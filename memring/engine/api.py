@@ -159,6 +159,10 @@ class Face:
                 transport.on_reconnect = self._engine.note_reconnect
         self._engine.attach(self._transports)
         self._background = bool(private.get("_background", True))
+        self._start_face()
+
+    def _start_face(self) -> None:
+        """What the face adds once the engine and transports exist (its runner's state)."""
 
     def _new_transport(self, node: Node, settings: Settings, options: Mapping[str, Any]) -> Any:
         """This face's transport to ``node``."""
