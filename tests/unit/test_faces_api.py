@@ -14,7 +14,7 @@ import pytest
 from memring import AsyncBackupClient, AsyncClient, BackupClient, Client
 
 #: Plain on both faces: no I/O.
-PLAIN = {"metrics", "route", "owners"}
+PLAIN = {"metrics", "route", "owners", "check_key", "add_server", "remove_server"}
 #: Sync-only: the thread face's context manager; the async face has ``async with``.
 SYNC_ONLY = {"__enter__", "__exit__"}
 ASYNC_ONLY = {"__aenter__", "__aexit__"}
