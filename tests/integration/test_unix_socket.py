@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from pymemcache.client.base import Client as PymemcacheClient
 
-from memring import BackupClient, Client, Node, NodeState
+from memring import Node, NodeState
 from memring.tools.local import LocalCluster, MemcachedProcess
+from tests import faces
+from tests.faces import both_faces
 from tests.integration.conftest import FAST_HEALTH, FAST_TIMEOUTS
 
 pytestmark = pytest.mark.integration
@@ -34,12 +36,13 @@ def mixed(memcached_binary: str, socket_dir: Path) -> Iterator[LocalCluster]:
         yield cluster
 
 
-def test_unix_nodes_are_on_the_ring_like_any_node(mixed: LocalCluster) -> None:
+@both_faces
+def test_unix_nodes_are_on_the_ring_like_any_node(mixed: LocalCluster, face: str) -> None:
     unix = [p for p in mixed.processes if p.unix_socket]
     # Both spellings pymemcache and Django accept: "unix:/path" and "/path".
     servers = [mixed.processes[0].node.label, f"unix:{unix[0].unix_socket}",
                str(unix[1].unix_socket)]
-    with Client(servers, timeouts=FAST_TIMEOUTS, health=FAST_HEALTH) as client:
+    with faces.make(face, servers, timeouts=FAST_TIMEOUTS, health=FAST_HEALTH) as client:
         assert [n.label for n in client.ring.nodes] == [
             mixed.processes[0].node.label, f"unix:{unix[0].unix_socket}",
             f"unix:{unix[1].unix_socket}"]
@@ -60,9 +63,11 @@ def test_unix_nodes_are_on_the_ring_like_any_node(mixed: LocalCluster) -> None:
         assert all(s.pid for s in client.health().values())
 
 
-def test_a_killed_unix_node_fails_over_and_comes_back(mixed: LocalCluster) -> None:
+@both_faces
+def test_a_killed_unix_node_fails_over_and_comes_back(mixed: LocalCluster, face: str) -> None:
     victim = next(p for p in mixed.processes if p.unix_socket)
-    with Client(mixed.servers, timeouts=FAST_TIMEOUTS, health=FAST_HEALTH) as client:
+    with faces.make(face, mixed.servers, timeouts=FAST_TIMEOUTS,
+                    health=FAST_HEALTH) as client:
         keys = [k for k in (f"s{i}" for i in range(400))
                 if client.ring.node_for(k) == victim.node][:20]
         victim.kill()
@@ -74,14 +79,15 @@ def test_a_killed_unix_node_fails_over_and_comes_back(mixed: LocalCluster) -> No
         assert client.get(keys[0]) == b"during"
 
 
+@both_faces
 def test_backup_client_keeps_two_copies_over_unix_sockets(memcached_binary: str,
-                                                          socket_dir: Path) -> None:
+                                                          socket_dir: Path, face: str) -> None:
     processes = [MemcachedProcess(binary=memcached_binary,
                                   unix_socket=str(socket_dir / f"b{i}.sock")) for i in range(3)]
     cluster = LocalCluster(1, binary=memcached_binary)
     cluster.processes = processes
-    with cluster, BackupClient(cluster.servers, timeouts=FAST_TIMEOUTS,
-                               health=FAST_HEALTH) as client:
+    with cluster, faces.make(face, cluster.servers, backup=True, timeouts=FAST_TIMEOUTS,
+                             health=FAST_HEALTH) as client:
         assert client.set("session", b"v") is True
         owners = client.owners("session")
         assert len(owners) == 2 and all(isinstance(n, Node) and n.is_unix for n in owners)
