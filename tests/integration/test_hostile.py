@@ -90,6 +90,19 @@ class Measured:
 MEASURED = Measured()
 
 
+@pytest.fixture(scope="module")
+def cluster(memcached_binary: str) -> Iterator[LocalCluster]:
+    """Real nodes of this module alone. A hostile node's return can start a
+    backup rebuild in the background, which streams the partner's keys while a
+    call is traced: on the nodes the whole suite shares, that is every earlier
+    test's keys, and the heap it takes would be counted as the call's."""
+    c = LocalCluster(4, binary=memcached_binary).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def summary() -> Iterator[None]:
     """The fake server keeps only a little of what it sends (its records would count as
