@@ -290,7 +290,7 @@ class BackupEngine(Engine):
         """``(raw item, expire)`` to store ``st`` on a node that does not own its
         key: a copy capped at ``failover_ttl``, a tombstone copy once expired."""
         if st.kind is Kind.VALUE and relative_expiry(st.expiry, now) < 0:
-            return tombstone(st.version, copy=True), self.failover.failover_ttl
+            st = st._replace(kind=Kind.TOMBSTONE)
         return self._as_copy(st), self.failover.failover_ttl
 
     def get(self, key: str | bytes, default: Any = None) -> Op[Any]:
@@ -897,20 +897,9 @@ class BackupEngine(Engine):
                 planned.append((kb, hint, hole))
             elif not hole:
                 done.append(kb)
-        if ops:
-            (stored,) = yield [Call(home, "batch", (ops,))]
-            if isinstance(stored, MemringError):
-                raise stored
-            for (kb, hint, hole), ok in zip(planned, stored, strict=True):
-                if ok is True:
-                    self.counters["handoff_holes" if hole else "settled"] += 1
-                    if not hole:
-                        done.append(kb)
-                elif (kb, hint) not in keep:
-                    keep.append((kb, hint))
         # A copy left on a stand-in is read again if a home fails before it expires;
         # a client that never saw this outage writes the homes only, over its head.
-        yield from self._retire(home, dict(batch), [kb for kb in done if kb in copies], copies)
+        yield from self._settle_batch(home, batch, ops, planned, keep, done, copies)
         return keep
 
     # -- rebuild --------------------------------------------------------

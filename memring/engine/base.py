@@ -673,6 +673,31 @@ class Engine:
                                 home.label, holder.label, exc)
                     break
 
+    def _settle_batch(self, home: Node, batch: Sequence[tuple[bytes, Hint]],
+                      ops: list[tuple[str, tuple[Any, ...]]],
+                      planned: list[tuple[bytes, Hint, bool]], keep: list[tuple[bytes, Hint]],
+                      done: list[bytes], copies: Mapping[bytes, Any]) -> Op[None]:
+        """Send a handoff batch's planned ``ops`` to ``home`` in one round trip, then
+        retire the copies of every key home now holds the newest of.
+
+        ``planned`` says per op its key, hint and whether it fills a hole (a
+        tombstone for a lost copy); ``done`` already holds the keys home was
+        found newer for, and gains those settled now; a key whose op lost a
+        race joins ``keep``, to be looked at again.
+        """
+        if ops:
+            (results,) = yield [Call(home, "batch", (ops,))]
+            if isinstance(results, MemringError):
+                raise results
+            for (kb, hint, hole), ok in zip(planned, results, strict=True):
+                if ok is True:
+                    self.counters["handoff_holes" if hole else "settled"] += 1
+                    if not hole:
+                        done.append(kb)
+                elif not any(k == kb for k, _ in keep):
+                    keep.append((kb, hint))  # a write landed meanwhile: look again
+        yield from self._retire(home, dict(batch), [kb for kb in done if kb in copies], copies)
+
     def _retire(self, home: Node, hints: Mapping[bytes, Hint], kbs: Sequence[bytes],
                 copies: Mapping[bytes, Any]) -> Op[None]:
         """Replace the settled copies of ``kbs`` by a tombstone just older than each.

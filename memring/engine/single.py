@@ -773,18 +773,7 @@ class SingleEngine(Engine):
                 planned.append((kb, hint, hole))
             elif not hole:
                 done.append(kb)
-        if ops:
-            results = yield [Call(home, "batch", (ops,))]
-            if isinstance(results[0], MemringError):
-                raise results[0]
-            for (kb, hint, hole), ok in zip(planned, results[0], strict=True):
-                if ok is True:
-                    self.counters["handoff_holes" if hole else "settled"] += 1
-                    if not hole:
-                        done.append(kb)
-                elif not any(k == kb for k, _ in keep):
-                    keep.append((kb, hint))  # a write landed meanwhile: look again
-        yield from self._retire(home, {kb: hint for kb, hint in batch}, done, copies)
+        yield from self._settle_batch(home, batch, ops, planned, keep, done, copies)
         return keep
 
 
