@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +36,8 @@ class FakeSocket:
         self.store = store
         self.reply = b""
 
-    def sendall(self, data: bytes) -> None:
+    def send(self, data: bytes) -> int:
+        size = len(data)
         out = []
         while data:
             eol = data.index(b"\r\n")
@@ -57,8 +59,15 @@ class FakeSocket:
             else:
                 raise ValueError(f"fake socket: {cmd!r} not handled")
         self.reply = b"".join(out)
+        return size
 
-    def recv(self, size: int) -> bytes:
+    sendall = send  # the same cost for either call
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if flags & socket.MSG_PEEK:  # the pool's look at an idle connection
+            if not self.reply:
+                raise BlockingIOError
+            return self.reply[:size]
         reply, self.reply = self.reply[:size], self.reply[size:]
         return reply
 

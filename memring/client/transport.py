@@ -562,8 +562,10 @@ class SocketTransport:
             return bool(self._call("set", (key, item, expire), True))
         start = time.monotonic()
         try:
-            self._send(sock, b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data),
-                       start + self.read_timeout)
+            request = b"set %s %d %d %d\r\n%s\r\n" % (key, flags, expire, len(data), data)
+            sent = sock.send(request)  # _send() inlined: one call saved on the common path
+            if sent != len(request):
+                self._send_rest(sock, memoryview(request)[sent:], start + self.read_timeout)
             buf = sock.recv(READ_SIZE)
             if buf == b"STORED\r\n":
                 pool.release(conn)
@@ -605,12 +607,17 @@ class SocketTransport:
     def _send(self, sock: socket.socket, request: bytes, deadline: float) -> None:
         """Write ``request`` by ``deadline``: one ``send`` if it fits the kernel's buffer
         (the usual case), else in parts, each bounded by the time left."""
-        view = memoryview(request)
         if len(request) <= _SEND_AT_ONCE:
             sent = sock.send(request)
             if sent == len(request):
                 return
-            view = view[sent:]  # a peer that reads slowly: the rest as a large request
+            # a peer that reads slowly: the rest as a large request
+            self._send_rest(sock, memoryview(request)[sent:], deadline)
+        else:
+            self._send_rest(sock, memoryview(request), deadline)
+
+    def _send_rest(self, sock: socket.socket, view: memoryview, deadline: float) -> None:
+        """Write ``view`` in parts, each bounded by the time left to ``deadline``."""
         try:
             while view:
                 self._limit_wait(sock, deadline, socket.SO_SNDTIMEO)

@@ -630,12 +630,14 @@ class BackupEngine(Engine):
         if not by_kb:
             return {}
         groups: dict[Node, list[bytes]] = defaultdict(list)
+        pairs: dict[bytes, list[Node]] = {}
         slow: list[bytes] = []
         for kb in by_kb:
             pair = self.healthy_pair(kb)
             if pair is None:
                 slow.append(kb)
             else:
+                pairs[kb] = pair
                 groups[pair[0]].append(kb)
                 groups[pair[1]].append(kb)
         out: dict[Any, Any] = {}
@@ -645,16 +647,23 @@ class BackupEngine(Engine):
         replies: dict[Node, Any] = {}
         for call, got in zip(calls, results, strict=True):
             if isinstance(got, MemringError):
-                slow.extend(call.args[0])
+                slow.extend(call.args[0])  # read again one by one, below
             else:
                 replies[call.node] = got
         behind: list[tuple[bytes, Stored, dict[Node, Stored | None], list[Node]]] = []
-        for kb in by_kb:
-            pair = self.healthy_pair(kb) if kb not in slow else None
-            if pair is None or pair[0] not in replies or pair[1] not in replies:
-                continue
+        for kb, pair in pairs.items():
+            first, second = replies.get(pair[0]), replies.get(pair[1])
+            if first is None or second is None:
+                continue  # in ``slow``
+            raws = [first.get(kb), second.get(kb)]
             try:
-                best, per = self.merge(kb, pair, [replies[n].get(kb) for n in pair])
+                if raws[0] == raws[1]:  # the same item on both (or neither): as get's fast path
+                    if raws[0] is not None:
+                        value = self.home_value(kb, raws[0], MISSING, pair[0])
+                        if value is not MISSING:
+                            out[by_kb[kb]] = value
+                    continue
+                best, per = self.merge(kb, pair, raws)
                 value = self.live_value(best, kb, MISSING, pair[0])
             except MemringError as exc:
                 failed[kb] = exc
