@@ -89,6 +89,8 @@ REBUILD_BATCH = 500
 #: Life of a "running" marker; the rebuilding client renews it as it goes,
 #: so a client that dies mid-rebuild leaves one that soon expires.
 REBUILD_LEASE = 30
+#: Seconds before a rebuild that could not read or write every key tries again.
+REBUILD_RETRY = 1.0
 #: Flags of the marker: never a value a reader would decode.
 _MARKER_FLAGS = 1 << 30
 
@@ -948,7 +950,9 @@ class BackupEngine(Engine):
         copy is an ``add`` or a CAS (:mod:`memring.engine.moves`), so a newer
         write or a delete's tombstone that got there first always wins. One
         client per restart does it: the first whose marker ``add`` succeeds;
-        the others see the marker (``force`` skips that check).
+        the others see the marker (``force`` skips that check). A rebuild that
+        could not list, read or write back every key is not done: it drops its
+        marker and tries again in :data:`REBUILD_RETRY` seconds.
         """
         progress = self._rebuilds.setdefault(node, Rebuild("running"))
         progress.state, progress.copied, progress.total = "running", 0, 0
@@ -962,6 +966,7 @@ class BackupEngine(Engine):
             progress.state = "elsewhere"  # another client is rebuilding it
             return 0
         copied = 0
+        complete = True  # every source listed, every key read and written back
         for source in self.ring.nodes:
             if source == node or self.health.is_down(source):
                 continue
@@ -970,6 +975,7 @@ class BackupEngine(Engine):
             except MemringError as exc:
                 log.warning("rebuild of %s: cannot list the keys of %s: %s",
                             node.label, source.label, exc)
+                complete = False
                 continue
             ours = [k for k in keys if k != REBUILD_MARKER
                     and {node, source} == set(self.ring.nodes_for(k, 2))]
@@ -977,14 +983,28 @@ class BackupEngine(Engine):
             if ours and not self.believable_source(source):
                 # It hung and may hold old values: rebuild once it is settled.
                 left = self.health.record(source).warm_until - self.clock.monotonic()
+                yield from self._release_marker(node)
                 self.queue_rebuild(node, max(left, 0.0) + 0.5)
                 self._rebuilds[node].state = "deferred"
                 return copied
-            copied += yield from self._copy_keys(node, source, ours, progress)
+            done, whole = yield from self._copy_keys(node, source, ours, progress)
+            copied += done
+            complete = complete and whole
             if self.closed or self.health.is_down(node):
                 break
         progress.copied = copied
-        progress.state = "done" if not self.health.is_down(node) else "queued"
+        if self.health.is_down(node):
+            progress.state = "queued"  # rebuilt again when it returns
+        elif not complete and not self.closed:
+            # A key left out now is one copy short until the next try: a fault of
+            # its other owner would lose it, so this is no "done".
+            log.warning("rebuild of %s incomplete (%d keys copied): again in %gs",
+                        node.label, copied, REBUILD_RETRY)
+            yield from self._release_marker(node)
+            self.queue_rebuild(node, REBUILD_RETRY)
+            progress.state = "queued"
+        else:
+            progress.state = "done"
         if progress.state == "done":
             with contextlib.suppress(MemringError):  # the marker is a courtesy to others
                 yield from self.one(node, "set", REBUILD_MARKER,
@@ -995,12 +1015,18 @@ class BackupEngine(Engine):
                  copied)
         return copied
 
+    def _release_marker(self, node: Node) -> Op[None]:
+        """Drop this client's "running" marker, so the next try (by anyone) can claim it."""
+        with contextlib.suppress(MemringError):
+            yield from self.one(node, "delete", REBUILD_MARKER)
+
     def believable_source(self, node: Node) -> bool:
         """May a rebuild copy from ``node``? Not while it is warming after a hang."""
         return self.health.state(node) is not NodeState.WARMING or node in self._restarted
 
     def _copy_keys(self, node: Node, source: Node, keys: list[bytes], progress: Rebuild
-                   ) -> Op[int]:
+                   ) -> Op[tuple[int, bool]]:
+        """Copy ``keys`` from ``source`` onto ``node``: ``(keys copied, all of them tried)``."""
         copied = 0
         pending: list[Call] = []
         for i in range(0, len(keys) + REBUILD_BATCH, REBUILD_BATCH):
@@ -1014,7 +1040,7 @@ class BackupEngine(Engine):
                 if isinstance(done, MemringError):
                     log.warning("rebuild of %s from %s failed: %s", node.label, source.label,
                                 done)
-                    return copied
+                    return copied, False
                 copied += sum(r is True for r in done)
                 progress.copied += sum(r is True for r in done)
             pending = []
@@ -1023,7 +1049,7 @@ class BackupEngine(Engine):
             got = results[0]
             if isinstance(got, MemringError):
                 log.warning("rebuild of %s: reading %s failed: %s", node.label, source.label, got)
-                return copied
+                return copied, False
             now = self.clock.time()
             ops: list[tuple[str, tuple[Any, ...]]] = []
             for kb, (raw, _cas, ttl) in got.items():
@@ -1036,8 +1062,8 @@ class BackupEngine(Engine):
             if ops:
                 pending = [Call(node, "batch", (ops,))]
             if self.closed or self.health.is_down(node):
-                return copied
-        return copied
+                return copied, False
+        return copied, True
 
     def _marker(self, state: str, copied: int, total: int) -> Item:
         body = {"state": state, "copied": copied, "total": total,
