@@ -345,7 +345,7 @@ class BackupMachine(SingleFault, RuleBasedStateMachine):
 
 
 BackupMachine.TestCase.settings = settings(
-    max_examples=600, stateful_step_count=50, deadline=None,
+    max_examples=400, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_backup_state_machine = BackupMachine.TestCase

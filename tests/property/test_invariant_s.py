@@ -380,7 +380,7 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
 
 
 InvariantS.TestCase.settings = settings(
-    max_examples=600, stateful_step_count=50, deadline=None,
+    max_examples=400, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_invariant_s = InvariantS.TestCase
