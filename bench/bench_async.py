@@ -206,8 +206,19 @@ async def warm_up(peer: Peer, w: Workload) -> None:
             raise RuntimeError(f"{peer.name}: get_many returned {len(got)} of {len(batch)}")
 
 
-async def measure(peer: Peer, op: str, tasks: int, w: Workload) -> float:
-    """One timed pass of ``op`` split over ``tasks`` concurrent tasks; ops/s (keys/s)."""
+@dataclass
+class Pass:
+    """One timed pass: its rate, and microseconds per unit of wall time and of
+    this process's CPU time (the client's; with client and servers on one CPU,
+    the rest of the wall time is the servers', the kernel's for them, and idle)."""
+
+    rate: float
+    wall_us: float
+    client_us: float
+
+
+async def measure(peer: Peer, op: str, tasks: int, w: Workload) -> Pass:
+    """One timed pass of ``op`` split over ``tasks`` concurrent tasks."""
     if op == "get_many":
         work: list[Callable[[], Awaitable[Any]]] = [
             (lambda b=b: peer.get_many(b)) for b in w.batches]
@@ -225,15 +236,18 @@ async def measure(peer: Peer, op: str, tasks: int, w: Workload) -> float:
             await call()
 
     gc.collect()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(s) for s in shares))
-    return len(work) * units / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    n = len(work) * units
+    return Pass(n / wall, wall / n * 1e6, (time.process_time() - c0) / n * 1e6)
 
 
 async def bench(cfg: Config, log: Callable[[str], None], pin_mode: str
-                ) -> tuple[dict[tuple[str, str, int], list[float]], str]:
+                ) -> tuple[dict[tuple[str, str, int], list[Pass]], str]:
     base = Workload.make(cfg)
-    rates: dict[tuple[str, str, int], list[float]] = {}
+    rates: dict[tuple[str, str, int], list[Pass]] = {}
     rng = random.Random(cfg.seed + 1)
     with LocalCluster(NODES) as cluster:
         placement = pin(cluster, pin_mode)
@@ -264,8 +278,9 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def report(rates: dict[tuple[str, str, int], list[float]], cfg: Config, placement: str,
+def report(passes: dict[tuple[str, str, int], list[Pass]], cfg: Config, placement: str,
            seconds: float, markdown: bool) -> str:
+    rates = {k: [p.rate for p in ps] for k, ps in passes.items()}
     found = set(name for name, _, _ in rates)
     names = [n for n in ("memring", "emcache", "aiomcache-1", "aiomcache-routed") if n in found]
     versions = (f"python {platform.python_version()}, memring {memring.__version__}, "
@@ -295,12 +310,46 @@ def report(rates: dict[tuple[str, str, int], list[float]], cfg: Config, placemen
             lines.append("  ".join(x.rjust(wd) for x, wd in zip(r, widths, strict=True)))
     lines += ["", "cells: median (min-max) over the runs", ""]
     if 32 in cfg.tasks:
+        lines += _cpu_split(passes, names, markdown)
+    if 32 in cfg.tasks:
         for op, peer, goal in GOALS:
             ratio = (statistics.median(rates[("memring", op, 32)])
                      / statistics.median(rates[(peer, op, 32)]))
             verdict = "met" if ratio >= goal else "NOT met"
             lines.append(f"- goal {op} at 32 tasks >= {goal:g}x {peer}: {ratio:.2f}x, {verdict}")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_split(passes: dict[tuple[str, str, int], list[Pass]], names: list[str],
+               markdown: bool) -> list[str]:
+    """Where the wall time of a unit goes at 32 tasks: the client's CPU and the rest.
+
+    The last column bounds what a client could reach against ``aiomcache-1``
+    even at no CPU cost of its own: aiomcache-1's wall time over this
+    client's rest (the servers' work it causes, and idle).
+    """
+    head = ["op", "client", "wall us/unit", "client CPU us/unit", "rest us/unit",
+            "bound vs aiomcache-1 at 0 client CPU"]
+    rows = []
+    for op in OPS:
+        ref = statistics.median(p.wall_us for p in passes[("aiomcache-1", op, 32)])
+        for n in names:
+            ps = passes[(n, op, 32)]
+            wall = statistics.median(p.wall_us for p in ps)
+            cpu = statistics.median(p.client_us for p in ps)
+            rest = statistics.median(p.wall_us - p.client_us for p in ps)
+            rows.append([op, n, f"{wall:.2f}", f"{cpu:.2f}", f"{rest:.2f}",
+                         f"{ref / rest:.2f}x" if rest > 0 else "-"])
+    out = ["At 32 tasks, per unit (op or key), medians over the runs:", ""]
+    if markdown:
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+        out += ["  ".join(x.rjust(wd) for x, wd in zip(r, widths, strict=True))
+                for r in [head, *rows]]
+    return [*out, ""]
 
 
 def _version(module: str) -> str:

@@ -8,6 +8,7 @@ talks to in-process fake sockets that parse the request and hand back the
 reply memcached would send (``get``, ``set``, ``gets``/``mg`` are enough).
 
     python bench/bench_cpu.py            # memring Client and BackupClient, pymemcache Client
+    python bench/bench_cpu.py --instructions --calls 2000   # the same, counted by valgrind
 
 Prints microseconds per call (median of several runs) and the ratios.
 """
@@ -16,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import re
+import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -107,34 +112,84 @@ def _time(call: Callable[[], Any], n: int) -> float:
         gc.enable()
 
 
+CLIENTS: dict[str, Callable[[], Any]] = {
+    "memring Client (4 nodes)": lambda: _fake_memring(memring.Client, 4),
+    "memring BackupClient (4 nodes)": lambda: _fake_memring(memring.BackupClient, 4),
+    "pymemcache Client (1 node)": _fake_pymemcache,
+}
+BASE = "pymemcache Client (1 node)"
+
+
+def _ops(client: Any) -> dict[str, Callable[[], Any]]:
+    client.set("bench:key", VALUE)
+    return {"get": lambda: client.get("bench:key"),
+            "set": lambda: client.set("bench:key", VALUE)}
+
+
+def _run_only(spec: str) -> None:
+    """``--only INDEX:OP:N``: warm up, then N calls and nothing else (for valgrind)."""
+    index, op, n = spec.split(":")
+    call = _ops(list(CLIENTS.values())[int(index)]())[op]
+    for _ in range(200):
+        call()
+    for _ in range(int(n)):
+        call()
+
+
+def _instructions(index: int, op: str, calls: int) -> float:
+    """Instructions per call, as callgrind counts them: a run of ``calls`` calls
+    less a run of none (start-up, imports and warm-up cancel out)."""
+    counts = []
+    for n in (0, calls):
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+             sys.executable, __file__, "--only", f"{index}:{op}:{n}"],
+            capture_output=True, text=True, check=True)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if found is None:
+            raise SystemExit(f"no instruction count from valgrind:\n{done.stderr}")
+        counts.append(int(found.group(1)))
+    return (counts[1] - counts[0]) / calls
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--calls", type=int, default=50_000)
     p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions per call under valgrind's callgrind instead of "
+                        "timing: the same on every run, so two commits compare to a "
+                        "fraction of a percent (slow: use --calls 2000)")
+    p.add_argument("--only", help=argparse.SUPPRESS)
     args = p.parse_args()
-    clients: dict[str, Any] = {
-        "memring Client (4 nodes)": _fake_memring(memring.Client, 4),
-        "memring BackupClient (4 nodes)": _fake_memring(memring.BackupClient, 4),
-        "pymemcache Client (1 node)": _fake_pymemcache(),
-    }
+    if args.only:
+        _run_only(args.only)
+        return
     results: dict[tuple[str, str], float] = {}
-    for name, client in clients.items():
-        client.set("bench:key", VALUE)
-        ops = {"get": lambda c=client: c.get("bench:key"),
-               "set": lambda c=client: c.set("bench:key", VALUE)}
-        for op, call in ops.items():
-            _time(call, args.calls // 10)  # warm up
-            runs = [_time(call, args.calls) for _ in range(args.runs)]
-            results[(name, op)] = statistics.median(runs)
-    print(f"CPU per call, microseconds (median of {args.runs} runs of {args.calls}):")
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
+        for index, name in enumerate(CLIENTS):
+            for op in ("get", "set"):
+                results[(name, op)] = _instructions(index, op, args.calls)
+        print(f"Instructions per call (callgrind, {args.calls} calls less none):")
+        fmt = "{:8.0f}"
+    else:
+        for name, make in CLIENTS.items():
+            for op, call in _ops(make()).items():
+                _time(call, args.calls // 10)  # warm up
+                runs = [_time(call, args.calls) for _ in range(args.runs)]
+                results[(name, op)] = statistics.median(runs)
+        print(f"CPU per call, microseconds (median of {args.runs} runs of {args.calls}):")
+        fmt = "{:8.2f}"
     print(f"{'client':34} {'get':>8} {'set':>8}")
-    for name in clients:
-        print(f"{name:34} {results[(name, 'get')]:8.2f} {results[(name, 'set')]:8.2f}")
-    base = "pymemcache Client (1 node)"
-    for name in clients:
-        if name != base:
-            print(f"{name} / pymemcache: get {results[(name, 'get')] / results[(base, 'get')]:.2f}"
-                  f"x, set {results[(name, 'set')] / results[(base, 'set')]:.2f}x the CPU")
+    for name in CLIENTS:
+        get, set_ = (fmt.format(results[(name, op)]) for op in ("get", "set"))
+        print(f"{name:34} {get} {set_}")
+    for name in CLIENTS:
+        if name != BASE:
+            print(f"{name} / pymemcache: get {results[(name, 'get')] / results[(BASE, 'get')]:.2f}"
+                  f"x, set {results[(name, 'set')] / results[(BASE, 'set')]:.2f}x the CPU")
 
 
 if __name__ == "__main__":
