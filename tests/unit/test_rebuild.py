@@ -17,6 +17,7 @@ from memring.engine.backup import REBUILD_MARKER, REBUILD_RETRY
 from memring.errors import NodeTimeout
 from tests.fakes import FakeClock, FakeCluster
 
+
 def _client(cluster: FakeCluster, clock: FakeClock) -> BackupClient:
     return BackupClient(
         [n.label for n in cluster.nodes], failover=Failover("next"),
