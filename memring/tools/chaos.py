@@ -1169,6 +1169,19 @@ class _Run:
             self.say(f"fault {len(self.events)} over: every node up")
         elif self.now() < self.end:
             self.say(f"fault {len(self.events)}: nodes not all up after the warming window")
+        if isinstance(self.client, BackupClient) and any(
+                action == "kill" for action, _, _ in planned.cycles):
+            # A node that restarted empty holds one copy of its keys until its
+            # rebuild is done: the fault lasts until then (one fault at a time),
+            # as a rolling restart that waits does.
+            start = self.now()
+            try:
+                self.client.wait_redundant(timeout=_REDUNDANCY_LIMIT)
+            except MemringError as exc:
+                self.say(f"fault {len(self.events)}: redundancy not back: {exc}")
+            else:
+                self.say(f"fault {len(self.events)}: redundancy back after "
+                         f"{self.now() - start:.2f}s")
         del self.active[node]
 
     def _roll(self, planned: PlannedFault) -> None:
