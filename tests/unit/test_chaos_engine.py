@@ -25,6 +25,7 @@ from memring.tools.chaos import (
     plan_faults,
     skipped_faults,
 )
+from memring.tools.chaos.report import _multi_downs
 
 
 @pytest.mark.parametrize(
@@ -260,8 +261,8 @@ def test_cli_faults_none_is_a_baseline(monkeypatch: pytest.MonkeyPatch,
 def test_multi_node_downs_are_found() -> None:
     downs: dict[str, list[list[float | None]]] = {
         "a": [[1.0, 2.0], [5.0, None]], "b": [[1.5, 3.0]], "c": [[1.6, 1.7], [9.0, 9.5]]}
-    assert chaos._multi_downs(downs, 10.0) == [
+    assert _multi_downs(downs, 10.0) == [
         {"t": 1.5, "nodes": ["a", "b", "c"], "for_s": 0.5},
         {"t": 9.0, "nodes": ["a", "c"], "for_s": 0.5},
     ]
-    assert chaos._multi_downs({"a": [[1.0, 2.0]], "b": [[3.0, 4.0]]}, 10.0) == []
+    assert _multi_downs({"a": [[1.0, 2.0]], "b": [[3.0, 4.0]]}, 10.0) == []
