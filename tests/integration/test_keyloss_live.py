@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from pymemcache.client.base import Client as PymemcacheClient
 
-import memring.tools.keyloss
+import memring.tools.keyloss.live
 from memring import HashRing
 from memring.cli import main
 from memring.hashring import DEFAULT_VNODES
@@ -269,7 +269,7 @@ def test_a_result_that_cannot_be_trusted_is_an_error(
     capsys: pytest.CaptureFixture[str], started: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Memory so small that memcached evicts: evictions would pass for lost keys.
-    monkeypatch.setattr(memring.tools.keyloss, "_memory_mb", lambda keys, n, mode: 2)
+    monkeypatch.setattr(memring.tools.keyloss.live, "_memory_mb", lambda keys, n, mode: 2)
     code, out, err = run(capsys, "keyloss", "--live", "--nodes", "3", "--keys", "40000",
                          "--mode", "ring")  # fmt: skip
     assert code == 1
@@ -288,7 +288,7 @@ def test_interrupt_stops_every_process(
         return interrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(memring.tools.keyloss, "_killer", killer)
+        mp.setattr(memring.tools.keyloss.live, "_killer", killer)
         code, out, err = run(capsys, "keyloss", "--live", "--nodes", "3", "--keys", "3000")
     assert code == 130
     assert out == "" and err == "memring keyloss: interrupted\n"
@@ -309,14 +309,14 @@ def test_interrupt_stops_every_process(
 def test_a_survivor_failing_is_an_error_not_a_loss(started: list[int], mode: str) -> None:
     # A node the measurement did not mean to kill dies too: its keys must not
     # be counted as lost.
-    original = memring.tools.keyloss._killer
+    original = memring.tools.keyloss.live._killer
 
     def kill_one_more(cluster: LocalCluster, indices: list[int]) -> Callable[[], None]:
         extra = next(i for i in range(len(cluster)) if i not in indices)
         return original(cluster, [*indices, extra])
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(memring.tools.keyloss, "_killer", kill_one_more)
+        mp.setattr(memring.tools.keyloss.live, "_killer", kill_one_more)
         with pytest.raises(KeylossError, match="failed during the"):
             measure_live([4], keys=2000, modes=(mode,))
     assert len(started) == 4
