@@ -1,7 +1,9 @@
 """The logic of memring, written once for both faces, with no I/O.
 
 * :mod:`~memring.engine.single` and :mod:`~memring.engine.backup` — where
-  copies go, failover, Invariant S, repair and rebuild;
+  copies go, failover, Invariant S and repair;
+* :mod:`~memring.engine.rebuild` — a node back in backup mode made
+  redundant again: its handoff, and the rebuild of one that restarted empty;
 * :mod:`~memring.engine.versions` — the versions every value carries;
 * :mod:`~memring.engine.health` — each node's state, probe timetable;
 * :mod:`~memring.engine.ops` — how operations ask a face for I/O;

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from memring import BackupClient, Failover, HealthPolicy, Node
-from memring.engine.backup import REBUILD_MARKER, REBUILD_RETRY
+from memring.engine.rebuild import REBUILD_MARKER, REBUILD_RETRY
 from memring.errors import NodeTimeout
 from tests.fakes import FakeClock, FakeCluster
 
