@@ -16,6 +16,13 @@ the home node stays down, like the single-copy engine's copies).
   failed over wrote the other home node too, so the newest write is always
   among the nodes asked. It costs a second read per ``get``; the two go
   out together, so latency is that of the slower node (README: Backup mode).
+* A stand-in's copy says which home node it stands in for; the writer wrote
+  the other one too. So when that other home node is asked and holds
+  nothing (and has not lost its keys to a restart since), the copy is
+  older than something that has expired there, a short-lived write or a
+  delete's tombstone: it counts for nothing. Without this, a client that
+  alone lost a home node would keep (and keep alive) its copy of a value
+  that the clients that saw every node have since replaced and let expire.
 * A node that returns after being down is **warming**: what it holds may
   predate writes made while it was away, so when no other node asked holds
   the key, its item is believed only if the stand-in (which took those
@@ -54,6 +61,8 @@ from memring.engine.health import NodeState
 from memring.engine.ops import Call, Op
 from memring.engine.rebuild import RebuildMixin
 from memring.engine.versions import (
+    FLAG_FOR_BACKUP,
+    FLAG_FOR_PRIMARY,
     Kind,
     Stored,
     absolute_expiry,
@@ -128,6 +137,24 @@ class BackupEngine(RebuildMixin):
                 return [*owners, extra]
         return owners
 
+    def stands_for(self, home: Sequence[Node]) -> int:
+        """The ``FLAG_FOR_*`` bits of a copy written now: the home nodes not up."""
+        state = self.health.state
+        return ((FLAG_FOR_PRIMARY if state(home[0]) is not NodeState.UP else 0)
+                | (FLAG_FOR_BACKUP if state(home[1]) is not NodeState.UP else 0))
+
+    def disowned(self, st: Stored, home: Sequence[Node],
+                 per: Mapping[Node, Stored | None]) -> bool:
+        """Is ``st``, read from a stand-in, a copy whose other home node was asked
+        (its reply in ``per``) and holds nothing? (See the module docstring.)"""
+        if st.stands_for == FLAG_FOR_PRIMARY:
+            partner = home[1]
+        elif st.stands_for == FLAG_FOR_BACKUP:
+            partner = home[0]
+        else:
+            return False  # not known, or written with both home nodes away
+        return partner in per and per[partner] is None and self.holds_its_keys(partner)
+
     def believable(self, node: Node, st: Stored) -> bool:
         """May ``node``'s item count with nothing to corroborate it? (See the module docstring.)"""
         if self.health.state(node) is not NodeState.WARMING or node in self._restarted:
@@ -143,9 +170,10 @@ class BackupEngine(RebuildMixin):
         best: Stored | None = None
         doubtful: list[Stored] = []
         for node, raw in zip(nodes, raws, strict=True):
-            st = None if raw is None else self.stored(raw, kb, node)
-            per[node] = st
-            if st is None:
+            per[node] = None if raw is None else self.stored(raw, kb, node)
+        home = self.home_pair(kb)
+        for node, st in per.items():
+            if st is None or (node not in home and self.disowned(st, home, per)):
                 continue
             if self.believable(node, st):
                 best = newest(best, st)
@@ -159,7 +187,6 @@ class BackupEngine(RebuildMixin):
         # others missed), where the stand-in was asked too (it would hold any
         # such write), or where another node holds the very same version.
         # Alone, it may predate a write whose copies are out of reach: a miss.
-        home = self.home_pair(kb)
         stand_in_asked = any(n not in home for n in nodes)
         for st in doubtful:
             if best is not None or stand_in_asked or sum(
@@ -236,10 +263,11 @@ class BackupEngine(RebuildMixin):
                 cmd = moves.plan(kb, best, current, None if cur is None else cur[1], now,
                                  self.failover.tombstone_ttl, self._may_add(node, best))
                 if cmd is not None:
-                    if node not in self.home_pair(kb):
+                    home = self.home_pair(kb)
+                    if node not in home:
                         # A stand-in holds copies only: their trailer's expiry is
                         # honoured on read even when a keepalive extends their life.
-                        raw, expire = self._stand_in_form(best, now)
+                        raw, expire = self._stand_in_form(best, now, self.stands_for(home))
                         cmd = (cmd[0], (kb, raw, *cmd[1][2:-1], expire))
                     calls.append(Call(node, cmd[0], cmd[1]))
             if calls:
@@ -254,17 +282,18 @@ class BackupEngine(RebuildMixin):
             log.debug("repair of %r failed: %s", kb, exc)
 
     @staticmethod
-    def _as_copy(st: Stored) -> Item:
+    def _as_copy(st: Stored, stands_for: int) -> Item:
         if st.kind is Kind.VALUE:
-            return encode(st.item, st.version, st.expiry, copy=True)
-        return tombstone(st.version, copy=True)
+            return encode(st.item, st.version, st.expiry, copy=True, stands_for=stands_for)
+        return tombstone(st.version, copy=True, stands_for=stands_for)
 
-    def _stand_in_form(self, st: Stored, now: float) -> tuple[Item, int]:
+    def _stand_in_form(self, st: Stored, now: float, stands_for: int) -> tuple[Item, int]:
         """``(raw item, expire)`` to store ``st`` on a node that does not own its
-        key: a copy capped at ``failover_ttl``, a tombstone copy once expired."""
+        key, standing in for the home nodes of ``stands_for``: a copy capped at
+        ``failover_ttl``, a tombstone copy once expired."""
         if st.kind is Kind.VALUE and relative_expiry(st.expiry, now) < 0:
             st = st._replace(kind=Kind.TOMBSTONE)
-        return self._as_copy(st), self.failover.failover_ttl
+        return self._as_copy(st, stands_for), self.failover.failover_ttl
 
     def get(self, key: str | bytes, default: Any = None) -> Op[Any]:
         """The value of ``key``, or ``default`` on a miss."""
@@ -306,7 +335,7 @@ class BackupEngine(RebuildMixin):
         if node in home:
             raw, expire = moves.owner_form(st, now, self.failover.tombstone_ttl)
         else:
-            raw, expire = self._stand_in_form(st, now)
+            raw, expire = self._stand_in_form(st, now, self.stands_for(home))
         return Call(node, "set", (kb, raw, expire))
 
     def _replicate(self, kb: bytes, st: Stored, done: Collection[Node] = (),

@@ -45,7 +45,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +116,18 @@ class RebuildMixin(Engine):
             """The key's two home nodes: the backup engine's placement."""
             ...
 
+        def disowned(self, st: Stored, home: Sequence[Node],
+                     per: Mapping[Node, Stored | None]) -> bool:
+            """Does the other home node disown this stand-in copy (the data path's rule)?"""
+            ...
+
+    def holds_its_keys(self, node: Node) -> bool:
+        """Does ``node`` hold what was written to it: no restart seen, or rebuilt since?"""
+        if node not in self._restarted:
+            return True
+        progress = self._rebuilds.get(node)
+        return progress is not None and progress.state == "done"
+
     # ------------------------------------------------------------------
     # a returning node: settle its hints (Invariant S), queue its rebuild
     def returned(self, node: Node, restarted: bool | None) -> None:
@@ -147,20 +159,24 @@ class RebuildMixin(Engine):
         at_home = results[0]
         if isinstance(at_home, MemringError):
             raise at_home
-        found: dict[bytes, Stored | None] = {}
-        answered: dict[bytes, int] = defaultdict(int)
+        seen: dict[bytes, dict[Node, Stored | None]] = defaultdict(dict)
         copies: dict[bytes, Any] = {}  # each hint's copy on its stand-in, as read
         held = {kb: hint.holder for kb, hint in batch}
         for call, got in zip(calls[1:], results[1:], strict=True):
             if isinstance(got, MemringError):
                 continue
             for kb in call.args[0]:
-                answered[kb] += 1
                 meta = got.get(kb)
-                if meta is not None:
-                    found[kb] = newest(found.get(kb), self.stored(meta[0], kb, call.node))
-                    if call.node == held[kb]:
-                        copies[kb] = meta
+                seen[kb][call.node] = None if meta is None else self.stored(
+                    meta[0], kb, call.node)
+                if meta is not None and call.node == held[kb]:
+                    copies[kb] = meta
+        found: dict[bytes, Stored | None] = {}
+        for kb, per in seen.items():
+            pair = self.home_pair(kb)
+            for node, st in per.items():
+                if st is not None and not (node not in pair and self.disowned(st, pair, per)):
+                    found[kb] = newest(found.get(kb), st)
         now = self.clock.time()
         ops: list[tuple[str, tuple[Any, ...]]] = []
         planned: list[tuple[bytes, Hint, bool]] = []
@@ -172,7 +188,7 @@ class RebuildMixin(Engine):
             best = found.get(kb)
             hole = best is None
             if hole:
-                if not answered[kb]:
+                if not seen[kb]:
                     keep.append((kb, hint))  # every other copy is out of reach: later
                 if current is None:
                     continue

@@ -15,7 +15,10 @@ Stored format (:func:`encode`): the value's bytes, then a 12-byte trailer
 flags are the serde's flags with :data:`FLAG_VERSIONED`, plus
 :data:`FLAG_TOMBSTONE` for a delete, plus :data:`FLAG_COPY` for a copy kept
 on a node that is not the key's owner (its life there is capped; the
-trailer's expiry is its real one). A value without :data:`FLAG_VERSIONED`
+trailer's expiry is its real one). In backup mode a copy also says which of
+the key's two home nodes it stands in for (:data:`FLAG_FOR_PRIMARY`,
+:data:`FLAG_FOR_BACKUP`): the writer could not reach that one, and wrote the
+other one too. A value without :data:`FLAG_VERSIONED`
 (written by another client, or by an older memring) reads as version 0:
 older than any memring write.
 
@@ -36,7 +39,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = [
-    "FLAG_COPY", "FLAG_TOMBSTONE", "FLAG_VERSIONED", "MARKER_FLAGS", "MAX_AHEAD_MS",
+    "FLAG_COPY", "FLAG_FOR_BACKUP", "FLAG_FOR_PRIMARY", "FLAG_TOMBSTONE", "FLAG_VERSIONED",
+    "MARKER_FLAGS", "MAX_AHEAD_MS",
     "TRAILER_SIZE", "USER_FLAGS", "VERSION_AT", "pack_trailer",
     "HybridClock", "Kind", "Stored", "absolute_expiry", "clock", "decode", "encode",
     "expiry_from_ttl", "newest", "relative_expiry", "tombstone", "version_ms",
@@ -47,6 +51,11 @@ log = logging.getLogger("memring")
 FLAG_TOMBSTONE = 1 << 24
 FLAG_COPY = 1 << 26
 FLAG_VERSIONED = 1 << 27
+#: A copy kept while the key's first (primary) home node was out of reach.
+FLAG_FOR_PRIMARY = 1 << 28
+#: A copy kept while the key's second (backup) home node was out of reach.
+FLAG_FOR_BACKUP = 1 << 29
+_FOR_BITS = FLAG_FOR_PRIMARY | FLAG_FOR_BACKUP
 #: The flag bits a plain value never has (memring reserves bits 24-31 of the flags).
 MARKER_FLAGS = FLAG_TOMBSTONE | FLAG_COPY | FLAG_VERSIONED
 #: The flag bits that belong to the serde.
@@ -163,22 +172,26 @@ class Stored(NamedTuple):
     expiry: int
     #: Kept on a node that does not own the key, with a capped life.
     copy: bool
+    #: A copy's :data:`FLAG_FOR_PRIMARY` / :data:`FLAG_FOR_BACKUP` bits (0: not known).
+    stands_for: int = 0
 
 
 _EMPTY = (b"", 0)
 
 
-def encode(item: tuple[bytes, int], version: int, expiry: int, copy: bool = False
-           ) -> tuple[bytes, int]:
-    """The stored form of ``item`` (``(bytes, serde flags)``) at ``version``."""
+def encode(item: tuple[bytes, int], version: int, expiry: int, copy: bool = False,
+           stands_for: int = 0) -> tuple[bytes, int]:
+    """The stored form of ``item`` (``(bytes, serde flags)``) at ``version``;
+    ``stands_for``: a copy's ``FLAG_FOR_*`` bits."""
     data, flags = item
-    marker = FLAG_VERSIONED | FLAG_COPY if copy else FLAG_VERSIONED
+    marker = FLAG_VERSIONED | FLAG_COPY | (stands_for & _FOR_BITS) if copy else FLAG_VERSIONED
     return data + _pack_trailer(version, min(max(expiry, 0), _EXPIRY_MAX)), flags | marker
 
 
-def tombstone(version: int, copy: bool = False) -> tuple[bytes, int]:
+def tombstone(version: int, copy: bool = False, stands_for: int = 0) -> tuple[bytes, int]:
     """The stored form of a delete made at ``version``."""
-    marker = FLAG_VERSIONED | FLAG_TOMBSTONE | (FLAG_COPY if copy else 0)
+    marker = FLAG_VERSIONED | FLAG_TOMBSTONE | (
+        FLAG_COPY | (stands_for & _FOR_BITS) if copy else 0)
     return _pack_trailer(version, 0), marker
 
 
@@ -193,9 +206,11 @@ def decode(raw: tuple[bytes, int], now: float) -> Stored:
         raise ValueError(f"a memring item of {len(data)} bytes has no trailer")
     version, expiry = _unpack_trailer(data, len(data) - TRAILER_SIZE)
     copy = bool(flags & FLAG_COPY)
+    stands_for = flags & _FOR_BITS if copy else 0
     if flags & FLAG_TOMBSTONE or (copy and expiry and expiry <= now):
-        return Stored(Kind.TOMBSTONE, version, _EMPTY, 0, copy)
-    return Stored(Kind.VALUE, version, (data[:-TRAILER_SIZE], flags & USER_FLAGS), expiry, copy)
+        return Stored(Kind.TOMBSTONE, version, _EMPTY, 0, copy, stands_for)
+    return Stored(Kind.VALUE, version, (data[:-TRAILER_SIZE], flags & USER_FLAGS), expiry, copy,
+                  stands_for)
 
 
 def newest(a: Stored | None, b: Stored | None) -> Stored | None:

@@ -445,6 +445,78 @@ def test_repair_onto_a_stand_in_keeps_the_value_expiry(face: str) -> None:
 
 
 @both_faces
+def test_a_lone_clients_copy_never_outlives_the_others_short_write(face: str) -> None:
+    """Client ``a`` alone cannot reach one owner; its read repairs the stand-in with
+    the value it finds. ``b``, which sees every node, deletes the key and writes it
+    again with a 4 s expiry (both on the home pair only). Once that write expired,
+    ``a`` asks the other owner (nothing there) and the stand-in (its old copy):
+    the copy stands in for the unreachable owner, so the other owner's miss
+    disowns it, and ``a`` reads a miss, not the deleted value.
+    """
+    clock, cluster, (a, b) = _setup(face)
+    p, s = _NODES[0], _NODES[1]
+    key = _KEYS_BY_PAIR[(p, s)][0]
+    a.set(key, "old")
+    a._transports[p].link = "cut"
+    assert a.get(key) == "old"                # finds p unreachable: repairs the stand-in
+    assert a._engine.health.state(p) is NodeState.DOWN
+    stand_in = a._engine.stand_in(key.encode())
+    assert stand_in is not None and cluster[stand_in].peek(key.encode()) is not None
+    assert b.delete(key) is True
+    assert b.set(key, "short", expire=4) is True
+    assert b.get(key) == "short"
+    tick(clock, [a, b], 4.5)
+    assert cluster[stand_in].peek(key.encode()) is not None  # a's copy is still there
+    for c in (a, b):
+        assert c.get(key) is None
+        assert c.get_many([key]) == {}
+
+
+@both_faces
+def test_a_lone_clients_handoff_never_moves_a_disowned_copy_home(face: str) -> None:
+    """As above, but ``a``'s link comes back before it reads again: its handoff
+    finds the old copy on the stand-in, and nothing on the other owner. It must
+    not put the copy onto the returned owner, where every client would read it.
+    """
+    clock, cluster, (a, b) = _setup(face)
+    p, s = _NODES[0], _NODES[1]
+    key = _KEYS_BY_PAIR[(p, s)][0]
+    a.set(key, "old")
+    a._transports[p].link = "cut"
+    assert a.get(key) == "old"                # a hint for p: the copy on the stand-in
+    assert b.delete(key) is True
+    assert b.set(key, "short", expire=4) is True
+    tick(clock, [a, b], 4.5)
+    a._transports[p].link = None
+    tick(clock, [a, b], BACKOFF_MAX + TICK)   # a sees p back, and hands off
+    assert a._engine.health.state(p) is NodeState.WARMING
+    assert cluster[p].peek(key.encode()) is None
+    for c in (a, b):
+        assert c.get(key) is None
+
+
+@both_faces
+def test_a_copy_for_the_owner_a_reader_never_saw_away_is_still_read(face: str) -> None:
+    """The counterpart: a copy is disowned only by the home node that was written
+    beside it. ``b`` writes a new key while one owner hangs (onto the other owner
+    and the stand-in); the owner resumes before ``a`` made any call; then ``a``
+    alone loses the other owner. ``a`` asks the resumed owner (nothing there:
+    it missed the write) and the stand-in: the copy stands in for that very
+    owner, so it is believed, and the value is not lost.
+    """
+    clock, cluster, (a, b) = _setup(face)
+    p, s = _NODES[0], _NODES[1]
+    key = _KEYS_BY_PAIR[(p, s)][0]
+    cluster[p].hang()
+    assert b.set(key, "written while p hung") is True
+    cluster[p].resume()
+    a._transports[s].link = "cut"
+    assert a._engine.health.state(p) is NodeState.UP  # a never saw p away
+    assert a.get(key) == "written while p hung"
+    assert a.get_many([key]) == {key: "written while p hung"}
+
+
+@both_faces
 def test_delete_during_warming_then_other_owner_dies(face: str) -> None:
     clock, cluster, (a, b) = _setup(face)
     p, s = _NODES[2], _NODES[3]
