@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -85,7 +86,7 @@ _MARKER_FLAGS = 1 << 30
 class Rebuild:
     """Progress of one node's rebuild, as this client knows it."""
 
-    state: str  # "running", "done", "deferred"
+    state: str  # "running", "queued", "deferred", "elsewhere", "done"
     copied: int = 0
     total: int = 0
 
@@ -110,6 +111,8 @@ class RebuildMixin(Engine):
         #: Nodes due a rebuild, and when (monotonic seconds).
         self._rebuild_due: dict[Node, float] = {}
         self._rebuild_lock = threading.Lock()
+        #: Names this client in the markers it writes.
+        self._me = secrets.token_hex(8)
 
     if TYPE_CHECKING:
         def home_pair(self, kb: bytes) -> list[Node]:
@@ -135,7 +138,12 @@ class RebuildMixin(Engine):
             self._restarted.add(node)
             self.queue_rebuild(node)
         else:
-            self._restarted.discard(node)
+            progress = self._rebuilds.get(node)
+            if progress is not None and progress.state == "queued":
+                # It went away mid-rebuild and kept what it had: still short of keys.
+                self.queue_rebuild(node)
+            else:
+                self._restarted.discard(node)
         super().returned(node, restarted)
 
     def noticed_restart(self, node: Node) -> None:
@@ -254,10 +262,17 @@ class RebuildMixin(Engine):
                 "running", 0, 0), REBUILD_LEASE)
         except MemringError:
             progress.state = "queued"
+            if not self.health.is_down(node):
+                self.queue_rebuild(node, REBUILD_RETRY)  # else: again when it returns
             return 0
         if not claimed and not force:
-            progress.state = "elsewhere"  # another client is rebuilding it
-            return 0
+            try:
+                mine = _marker_by((yield from self.one(node, "get", REBUILD_MARKER))) == self._me
+            except MemringError:
+                mine = False
+            if not mine:  # (this client's own is one a try cut short left behind)
+                progress.state = "elsewhere"  # another client is rebuilding it
+                return 0
         copied = 0
         complete = True  # every source listed, every key read and written back
         for source in self.ring.nodes:
@@ -360,7 +375,7 @@ class RebuildMixin(Engine):
 
     def _marker(self, state: str, copied: int, total: int) -> Item:
         body = {"state": state, "copied": copied, "total": total,
-                "at": self.hlc.wall_ms() // 1000}
+                "at": self.hlc.wall_ms() // 1000, "by": self._me}
         return json.dumps(body).encode(), _MARKER_FLAGS
 
     def wait_redundant(self, timeout: float = 60.0) -> Op[float]:
@@ -408,6 +423,7 @@ class RebuildMixin(Engine):
     def after_fork(self) -> None:
         super().after_fork()
         self._rebuild_lock = threading.Lock()
+        self._me = secrets.token_hex(8)  # the parent's markers are the parent's
         for progress in self._rebuilds.values():
             if progress.state == "running":  # the parent goes on with it
                 progress.state = "elsewhere"
@@ -428,9 +444,18 @@ class RebuildMixin(Engine):
 
 
 def _marker_state(raw: Any) -> str | None:
+    return _marker_field(raw, "state")
+
+
+def _marker_by(raw: Any) -> str | None:
+    """The client that wrote a marker (its ``_me``)."""
+    return _marker_field(raw, "by")
+
+
+def _marker_field(raw: Any, name: str) -> str | None:
     if raw is None:
         return None
     try:
-        return str(json.loads(raw[0]).get("state"))
+        return str(json.loads(raw[0]).get(name))
     except (ValueError, AttributeError):
         return None
