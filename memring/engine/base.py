@@ -673,6 +673,20 @@ class Engine:
                                 home.label, holder.label, exc)
                     break
 
+    def _plan_settle(self, home: Node, kb: bytes, hint: Hint, new: Stored,
+                     current: Stored | None, cas: bytes | None, hole: bool, now: float,
+                     ops: list[tuple[str, tuple[Any, ...]]],
+                     planned: list[tuple[bytes, Hint, bool]], done: list[bytes]) -> None:
+        """Plan the op that puts ``new`` onto ``home`` over ``current`` (read with
+        ``cas``) for a handoff batch; a key home already holds as new goes to ``done``."""
+        cmd = moves.plan(kb, new, current, cas, now, self.failover.tombstone_ttl,
+                         self._may_add(home, new))
+        if cmd is not None:
+            ops.append(cmd)
+            planned.append((kb, hint, hole))
+        elif not hole:
+            done.append(kb)
+
     def _settle_batch(self, home: Node, batch: Sequence[tuple[bytes, Hint]],
                       ops: list[tuple[str, tuple[Any, ...]]],
                       planned: list[tuple[bytes, Hint, bool]], keep: list[tuple[bytes, Hint]],

@@ -202,13 +202,8 @@ class RebuildMixin(Engine):
                     continue
                 best = Stored(Kind.TOMBSTONE, hint.version - 1, (b"", 0), 0, False)
             assert best is not None
-            cmd = moves.plan(kb, best, current, None if mine is None else mine[1], now,
-                             self.failover.tombstone_ttl, self._may_add(home, best))
-            if cmd is not None:
-                ops.append(cmd)
-                planned.append((kb, hint, hole))
-            elif not hole:
-                done.append(kb)
+            self._plan_settle(home, kb, hint, best, current, None if mine is None else mine[1],
+                              hole, now, ops, planned, done)
         # A copy left on a stand-in is read again if a home fails before it expires;
         # a client that never saw this outage writes the homes only, over its head.
         yield from self._settle_batch(home, batch, ops, planned, keep, done, copies)

@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from memring.engine import moves, mutations
+from memring.engine import mutations
 from memring.engine.base import (
     CAS_ATTEMPTS,
     MISSING,
@@ -766,13 +766,7 @@ class SingleEngine(Engine):
             else:
                 new = self.stored(copy_raw[0], kb, hint.holder)
                 hole = False
-            cmd = moves.plan(kb, new, current, cas, now, self.failover.tombstone_ttl,
-                             self._may_add(home, new))
-            if cmd is not None:
-                ops.append(cmd)
-                planned.append((kb, hint, hole))
-            elif not hole:
-                done.append(kb)
+            self._plan_settle(home, kb, hint, new, current, cas, hole, now, ops, planned, done)
         yield from self._settle_batch(home, batch, ops, planned, keep, done, copies)
         return keep
 
