@@ -134,19 +134,29 @@ class KeyModel:
     #: expiry): the README's limit lets one come back once every newer value has
     #: expired, since memcached leaves no trace of an expired item
     shadow: dict[str, float | None] = field(default_factory=dict)
+    #: values deleted while clients saw a fault differently: shadowed (as above)
+    #: once a newer value is written over the delete's tombstone, and has expired
+    buried: dict[str, float | None] = field(default_factory=dict)
 
     def acked_set(self, value: str, deadline: float | None, diverging: bool = False) -> None:
         for v in self.allowed:
             self.gone[v] = f"overwritten by {value!r}"
         if diverging:
             self.shadow.update(self.allowed)
+            self.shadow.update(self.buried)
         else:
             self.shadow.clear()
+        self.buried.clear()
         self.allowed = {value: deadline}
 
-    def acked_delete(self) -> None:
+    def acked_delete(self, diverging: bool = False) -> None:
         for v in self.allowed:
             self.gone[v] = "deleted"
+        if diverging:
+            self.buried.update(self.shadow)
+            self.buried.update(self.allowed)
+        else:
+            self.buried.clear()
         self.allowed = {}
         self.shadow.clear()
 
@@ -225,7 +235,7 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
             self.clients[who].delete(key)
         except MemringError:
             return  # the old value may survive or not: both are allowed reads
-        self.model[key].acked_delete()
+        self.model[key].acked_delete(not self._calm())
 
     @precondition(lambda self: self.faulty is not None)
     @rule(who=WHO, writes=st.lists(st.tuples(st.integers(0, KEYS_PER_NODE - 1), EXPIRE,
@@ -275,7 +285,7 @@ class InvariantS(SingleFault, RuleBasedStateMachine):
                 failed = exc.failed
             for k in keys:
                 if k not in failed:
-                    self.model[k].acked_delete()
+                    self.model[k].acked_delete(not self._calm())
 
     def _calm(self) -> bool:
         """Must reads be fresh now? (See the module docstring.)"""
