@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from memring import (
     AsyncBackupClient,
@@ -244,20 +244,25 @@ class _Run:
             self.say(f"fault {len(self.events)} over: every node up")
         elif self.now() < self.end:
             self.say(f"fault {len(self.events)}: nodes not all up after the warming window")
-        if isinstance(self.client, BackupClient) and any(
+        if self.config.mode == "backup" and any(
                 action == "kill" for action, _, _ in planned.cycles):
             # A node that restarted empty holds one copy of its keys until its
             # rebuild is done: the fault lasts until then (one fault at a time),
             # as a rolling restart that waits does.
-            start = self.now()
-            try:
-                self.client.wait_redundant(timeout=_REDUNDANCY_LIMIT)
-            except MemringError as exc:
-                self.say(f"fault {len(self.events)}: redundancy not back: {exc}")
-            else:
-                self.say(f"fault {len(self.events)}: redundancy back after "
-                         f"{self.now() - start:.2f}s")
+            self._wait_redundant(f"fault {len(self.events)}")
         del self.active[node]
+
+    def _wait_redundant(self, what: str) -> float:
+        """Wait (at most :data:`_REDUNDANCY_LIMIT`) until the backup client has two
+        copies of every key again, and say so; the seconds waited."""
+        start = self.now()
+        try:  # a BackupClient, or an AsyncBackupClient behind Looped
+            cast(BackupClient, self.client).wait_redundant(timeout=_REDUNDANCY_LIMIT)
+        except MemringError as exc:
+            self.say(f"{what}: redundancy not back: {exc}")
+        else:
+            self.say(f"{what}: redundancy back after {self.now() - start:.2f}s")
+        return self.now() - start
 
     def _roll(self, planned: PlannedFault) -> None:
         """A rolling restart: every node in turn SIGKILLed and started again, empty.
@@ -292,15 +297,8 @@ class _Run:
             if not wait:
                 event.waits.append(None)
                 self.stop.wait(_NOWAIT_GAP)
-            elif isinstance(self.client, BackupClient):
-                start = self.now()
-                try:
-                    self.client.wait_redundant(timeout=_REDUNDANCY_LIMIT)
-                except MemringError as exc:
-                    self.say(f"redundancy not back after {proc.node.label}'s restart: {exc}")
-                event.waits.append(self.now() - start)
-                self.say(f"{proc.node.label} restarted; redundancy back after "
-                         f"{event.waits[-1]:.2f}s")
+            elif self.config.mode == "backup":
+                event.waits.append(self._wait_redundant(f"{proc.node.label} restarted"))
             else:
                 start = self.now()
                 self._wait(self.monitor.all_up, self.now() + self.config.warming_seconds
