@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from memring.engine import moves, mutations
@@ -143,10 +143,18 @@ class BackupEngine(RebuildMixin):
         return ((FLAG_FOR_PRIMARY if state(home[0]) is not NodeState.UP else 0)
                 | (FLAG_FOR_BACKUP if state(home[1]) is not NodeState.UP else 0))
 
-    def disowned(self, st: Stored, home: Sequence[Node],
-                 per: Mapping[Node, Stored | None]) -> bool:
+    def counted(self, home: Sequence[Node], per: Mapping[Node, Stored | None]
+                ) -> Iterator[tuple[Node, Stored]]:
+        """The replies in ``per`` (node -> item read) that count: the items, less a
+        stand-in's copy that the other home node disowns (see the module docstring)."""
+        for node, st in per.items():
+            if st is not None and (node in home or not self._disowned(st, home, per)):
+                yield node, st
+
+    def _disowned(self, st: Stored, home: Sequence[Node],
+                  per: Mapping[Node, Stored | None]) -> bool:
         """Is ``st``, read from a stand-in, a copy whose other home node was asked
-        (its reply in ``per``) and holds nothing? (See the module docstring.)"""
+        (its reply in ``per``) and holds nothing?"""
         if st.stands_for == FLAG_FOR_PRIMARY:
             partner = home[1]
         elif st.stands_for == FLAG_FOR_BACKUP:
@@ -157,7 +165,7 @@ class BackupEngine(RebuildMixin):
 
     def believable(self, node: Node, st: Stored) -> bool:
         """May ``node``'s item count with nothing to corroborate it? (See the module docstring.)"""
-        if self.health.state(node) is not NodeState.WARMING or node in self._restarted:
+        if self.believable_source(node):
             return True
         return version_ms(st.version) > self.health.record(node).trust_after_ms
 
@@ -172,9 +180,7 @@ class BackupEngine(RebuildMixin):
         for node, raw in zip(nodes, raws, strict=True):
             per[node] = None if raw is None else self.stored(raw, kb, node)
         home = self.home_pair(kb)
-        for node, st in per.items():
-            if st is None or (node not in home and self.disowned(st, home, per)):
-                continue
+        for node, st in self.counted(home, per):
             if self.believable(node, st):
                 best = newest(best, st)
             else:
@@ -246,6 +252,7 @@ class BackupEngine(RebuildMixin):
         may have changed it since the item was written.
         """
         source = next(n for n, st in per.items() if st is best)
+        home = self.home_pair(kb)
         try:
             results = yield [Call(n, "meta_many", ([kb],)) for n in (source, *nodes)]
             now = self.clock.time()
@@ -263,7 +270,6 @@ class BackupEngine(RebuildMixin):
                 cmd = moves.plan(kb, best, current, None if cur is None else cur[1], now,
                                  self.failover.tombstone_ttl, self._may_add(node, best))
                 if cmd is not None:
-                    home = self.home_pair(kb)
                     if node not in home:
                         # A stand-in holds copies only: their trailer's expiry is
                         # honoured on read even when a keepalive extends their life.
@@ -273,7 +279,6 @@ class BackupEngine(RebuildMixin):
             if calls:
                 done = yield calls
                 self.counters["read_repairs"] += sum(r is True for r in done)
-                home = self.home_pair(kb)
                 # A copy on a stand-in is this client's to retire once home is back.
                 self._hint_down_homes(kb, home, best.version,
                                       [c.node for c, r in zip(calls, done, strict=True)

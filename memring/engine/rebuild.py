@@ -46,7 +46,7 @@ import logging
 import secrets
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,9 +119,9 @@ class RebuildMixin(Engine):
             """The key's two home nodes: the backup engine's placement."""
             ...
 
-        def disowned(self, st: Stored, home: Sequence[Node],
-                     per: Mapping[Node, Stored | None]) -> bool:
-            """Does the other home node disown this stand-in copy (the data path's rule)?"""
+        def counted(self, home: Sequence[Node], per: Mapping[Node, Stored | None]
+                    ) -> Iterator[tuple[Node, Stored]]:
+            """The replies that count (the data path's rule for stand-in copies)."""
             ...
 
     def holds_its_keys(self, node: Node) -> bool:
@@ -155,9 +155,10 @@ class RebuildMixin(Engine):
                        ) -> Op[list[tuple[bytes, Hint]]]:
         """Make ``home`` hold the newest of each hinted key (from its partner or stand-in)."""
         kbs = [kb for kb, _ in batch]
+        pairs = {kb: self.home_pair(kb) for kb in kbs}
         sources: dict[Node, list[bytes]] = defaultdict(list)
         for kb, hint in batch:
-            partner = next(n for n in self.home_pair(kb) if n != home)
+            partner = next(n for n in pairs[kb] if n != home)
             for node in (partner, hint.holder):
                 if node != home and not self.health.is_down(node):
                     sources[node].append(kb)
@@ -181,10 +182,8 @@ class RebuildMixin(Engine):
                     copies[kb] = meta
         found: dict[bytes, Stored | None] = {}
         for kb, per in seen.items():
-            pair = self.home_pair(kb)
-            for node, st in per.items():
-                if st is not None and not (node not in pair and self.disowned(st, pair, per)):
-                    found[kb] = newest(found.get(kb), st)
+            for _, st in self.counted(pairs[kb], per):
+                found[kb] = newest(found.get(kb), st)
         now = self.clock.time()
         ops: list[tuple[str, tuple[Any, ...]]] = []
         planned: list[tuple[bytes, Hint, bool]] = []
@@ -324,7 +323,8 @@ class RebuildMixin(Engine):
             yield from self.one(node, "delete", REBUILD_MARKER)
 
     def believable_source(self, node: Node) -> bool:
-        """May a rebuild copy from ``node``? Not while it is warming after a hang."""
+        """May what ``node`` holds be taken as it is (by a read, or a rebuild copying
+        from it)? Not while it is warming after a hang, unless it restarted empty."""
         return self.health.state(node) is not NodeState.WARMING or node in self._restarted
 
     def _copy_keys(self, node: Node, source: Node, keys: list[bytes], progress: Rebuild
