@@ -18,9 +18,11 @@ the home node stays down, like the single-copy engine's copies).
   out together, so latency is that of the slower node (README: Backup mode).
 * A stand-in's copy says which home node it stands in for; the writer wrote
   the other one too. So when that other home node is asked and holds
-  nothing (and has not lost its keys to a restart since), the copy is
-  older than something that has expired there, a short-lived write or a
-  delete's tombstone: it counts for nothing. Without this, a client that
+  nothing (and has not lost its keys to a restart since), a live value
+  copy is older than something that has expired there, a short-lived
+  write or a delete's tombstone: it counts for nothing. (Had the same
+  write expired, the copy, which keeps its expiry, would read as a
+  tombstone; a tombstone copy always counts.) Without this, a client that
   alone lost a home node would keep (and keep alive) its copy of a value
   that the clients that saw every node have since replaced and let expire.
 * A node that returns after being down is **warming**: what it holds may
@@ -153,8 +155,14 @@ class BackupEngine(RebuildMixin):
 
     def _disowned(self, st: Stored, home: Sequence[Node],
                   per: Mapping[Node, Stored | None]) -> bool:
-        """Is ``st``, read from a stand-in, a copy whose other home node was asked
-        (its reply in ``per``) and holds nothing?"""
+        """Is ``st``, read from a stand-in, a live value copy whose other home node
+        was asked (its reply in ``per``) and holds nothing?
+
+        A tombstone copy (a delete's, or a copy whose own value expired) is never
+        disowned: it can only hide older items, such as a warming node's.
+        """
+        if st.kind is not Kind.VALUE:
+            return False
         if st.stands_for == FLAG_FOR_PRIMARY:
             partner = home[1]
         elif st.stands_for == FLAG_FOR_BACKUP:

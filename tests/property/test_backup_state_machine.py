@@ -496,6 +496,33 @@ def test_a_lone_clients_handoff_never_moves_a_disowned_copy_home(face: str) -> N
 
 
 @both_faces
+def test_an_expired_copy_still_hides_the_returned_owners_old_value(face: str) -> None:
+    """Disowning is for live value copies only. ``p`` hangs, and both clients see
+    it; it resumes with the old value, and before ``b`` has seen it back, ``b``
+    writes the key with a 4 s expiry (onto the other owner and the stand-in),
+    then loses its link to ``p``, so it never hands off. Once the write
+    expired, the other owner holds nothing and the stand-in's copy reads as a
+    tombstone: that tombstone must still count, or ``a``, which asks the
+    stand-in while ``p`` warms, reads ``p``'s old value again.
+    """
+    clock, cluster, (a, b) = _setup(face)
+    p, s = _NODES[0], _NODES[3]
+    key = _KEYS_BY_PAIR[(s, p)][0]
+    other = _KEYS_BY_PAIR[(p, _NODES[1])][0]
+    assert a.set(key, "old") is True
+    cluster[p].hang()
+    for c in (a, b):
+        assert c.set(other, "x") is True          # each finds p hung (no hint for key)
+    cluster[p].resume()
+    assert b.set(key, "short", expire=4) is True  # b: on s and the stand-in
+    b._transports[p].link = "cut"
+    tick(clock, [a, b], 4.5)
+    assert a._engine.health.state(p) is NodeState.WARMING
+    assert cluster[p].peek(key.encode()) is not None  # p still holds "old"
+    assert a.get(key) is None
+
+
+@both_faces
 def test_a_copy_for_the_owner_a_reader_never_saw_away_is_still_read(face: str) -> None:
     """The counterpart: a copy is disowned only by the home node that was written
     beside it. ``b`` writes a new key while one owner hangs (onto the other owner
