@@ -107,9 +107,12 @@ class KeyModel:
     exposed: set[Node] = field(default_factory=set)
     #: values overwritten while clients saw a fault differently (see SingleFault.shadowed)
     shadow: dict[str, float | None] = field(default_factory=dict)
+    #: the earliest time ``latest`` may expire: its expiry counted from when the set
+    #: was sent (a call that met a timeout acknowledges it later)
+    earliest: float | None = None
 
     def acked_set(self, value: str, deadline: float | None, exposed: set[Node],
-                  diverging: bool = False) -> None:
+                  diverging: bool = False, earliest: float | None = None) -> None:
         for v in self.allowed:
             self.gone[v] = f"overwritten by {value!r}"
         if diverging:
@@ -119,6 +122,7 @@ class KeyModel:
         self.allowed = {value: deadline}
         self.latest = value
         self.exposed = set(exposed)
+        self.earliest = deadline if earliest is None else earliest
 
     def acked_delete(self) -> None:
         for v in self.allowed:
@@ -155,7 +159,7 @@ class BackupMachine(SingleFault, RuleBasedStateMachine):
         if got is None:
             if m.latest is None or len(m.exposed) > 1:
                 return
-            deadline = m.allowed.get(m.latest)
+            deadline = m.earliest
             if deadline is not None and self.clock.time() >= deadline - 1:
                 return  # memcached's whole-second clock may have expired it already
             raise AssertionError(
@@ -183,10 +187,11 @@ class BackupMachine(SingleFault, RuleBasedStateMachine):
     def set(self, who: int, key: str, expire: int) -> None:
         value = self._value(key)
         exposed = self._unhealthy()
+        earliest = self._deadline(expire)
         ok = self.clients[who].set(key, value, expire=expire)  # no error may reach us
         assert ok is True
         self.model[key].acked_set(value, self._deadline(expire), exposed | self._unhealthy(),
-                                  self._diverging())
+                                  self._diverging(), earliest)
 
     def _hot(self) -> list[str]:
         """Keys of the faulty node and of nodes some client does not see up."""
